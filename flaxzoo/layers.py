@@ -1,0 +1,340 @@
+"""Keras layers as Flax modules, with Keras 3 (JAX backend) numerics and Keras names.
+
+Every Keras layer of a model is one module here, constructed with its Keras name at the call site
+(``Conv2D(64, 7, strides=2, name="conv1_conv")(x)``), parameter-free layers included. That keeps
+the Flax module tree equal to Keras' ``model.layers``: :mod:`flaxzoo.graph` intercepts these calls
+to recover Keras' layer order (weight conversion, ``layer_names``) and to stop at or collect a named
+layer. Weighted layers declare ``keras_weights``, the legacy-HDF5 order of their arrays mapped to
+Flax collections, which is all the converter needs to know about them.
+
+Numerics follow the Keras JAX backend (see ``../shared/reference/keras-applications-facts.md`` §4):
+TF 'SAME' padding, Keras' batch-norm formula, average pooling that excludes padding under 'same'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+IntPair = int | Sequence[int]
+
+
+def _pair(v: IntPair) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _identity(x):
+    return x
+
+
+def _softmax(x):
+    return jax.nn.softmax(x, axis=-1)
+
+
+# Keras activation names → JAX functions (keras.activations.get for the names the models use).
+ACTIVATIONS: dict[str | None, Callable] = {
+    None: _identity,
+    "linear": _identity,
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "softmax": _softmax,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "softplus": jax.nn.softplus,
+}
+
+
+def get_activation(activation: str | Callable | None) -> Callable:
+    """Resolve a Keras activation given by name (or a callable) to a function."""
+    if callable(activation):
+        return activation
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(
+            f"Could not interpret activation function identifier: {activation}"
+        ) from None
+
+
+def is_softmax_or_linear(activation: str | Callable | None) -> bool:
+    fn = get_activation(activation)
+    return fn in (_identity, _softmax) or fn is jax.nn.softmax
+
+
+class KerasLayer(nn.Module):
+    """Base of all layers: ``keras_class`` names the Keras layer class it reproduces."""
+
+    keras_class: ClassVar[str] = "Layer"
+    # Legacy .h5 order of the layer's arrays, as (collection, variable name); absent ones are skipped.
+    keras_weights: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Layers without weights
+# --------------------------------------------------------------------------------------------
+
+
+class InputLayer(KerasLayer):
+    keras_class: ClassVar[str] = "InputLayer"
+
+    def __call__(self, x):
+        return x
+
+
+class Activation(KerasLayer):
+    activation: str | Callable | None = None
+    keras_class: ClassVar[str] = "Activation"
+
+    def __call__(self, x):
+        return get_activation(self.activation)(x)
+
+
+class ReLU(KerasLayer):
+    """keras.layers.ReLU: ``max_value=6`` is relu6 (MobileNet)."""
+
+    max_value: float | None = None
+    keras_class: ClassVar[str] = "ReLU"
+
+    def __call__(self, x):
+        if self.max_value == 6.0:
+            return jax.nn.relu6(x)
+        y = jax.nn.relu(x)
+        return y if self.max_value is None else jnp.minimum(y, self.max_value)
+
+
+class ZeroPadding2D(KerasLayer):
+    """``padding`` is an int, (pad_h, pad_w) or ((top, bottom), (left, right)), as in Keras."""
+
+    padding: Any = 1
+    keras_class: ClassVar[str] = "ZeroPadding2D"
+
+    def __call__(self, x):
+        p = self.padding
+        if isinstance(p, int):
+            p = ((p, p), (p, p))
+        elif isinstance(p[0], int):
+            p = ((p[0], p[0]), (p[1], p[1]))
+        return jnp.pad(x, ((0, 0), tuple(p[0]), tuple(p[1]), (0, 0)))
+
+
+def _pool_args(pool_size, strides, padding):
+    window = (1, *_pair(pool_size), 1)
+    strides = window if strides is None else (1, *_pair(strides), 1)
+    return window, strides, padding.upper()
+
+
+class MaxPooling2D(KerasLayer):
+    """'same' pads with -inf, as ``lax.reduce_window`` in Keras: padding never wins the max."""
+
+    pool_size: IntPair = 2
+    strides: IntPair | None = None
+    padding: str = "valid"
+    keras_class: ClassVar[str] = "MaxPooling2D"
+
+    def __call__(self, x):
+        window, strides, padding = _pool_args(self.pool_size, self.strides, self.padding)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
+
+
+class AveragePooling2D(KerasLayer):
+    """'same' divides by the number of valid pixels (Flax's avg_pool counts the padding)."""
+
+    pool_size: IntPair = 2
+    strides: IntPair | None = None
+    padding: str = "valid"
+    keras_class: ClassVar[str] = "AveragePooling2D"
+
+    def __call__(self, x):
+        window, strides, padding = _pool_args(self.pool_size, self.strides, self.padding)
+        summed = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
+        if padding == "VALID":
+            return summed / np.prod(window)
+        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        counts = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
+        return summed / counts
+
+
+class GlobalAveragePooling2D(KerasLayer):
+    keepdims: bool = False
+    keras_class: ClassVar[str] = "GlobalAveragePooling2D"
+
+    def __call__(self, x):
+        return jnp.mean(x, axis=(1, 2), keepdims=self.keepdims, dtype=jnp.result_type(x, jnp.float32))
+
+
+class GlobalMaxPooling2D(KerasLayer):
+    keepdims: bool = False
+    keras_class: ClassVar[str] = "GlobalMaxPooling2D"
+
+    def __call__(self, x):
+        return jnp.max(x, axis=(1, 2), keepdims=self.keepdims)
+
+
+class Flatten(KerasLayer):
+    keras_class: ClassVar[str] = "Flatten"
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1)
+
+
+class Reshape(KerasLayer):
+    target_shape: tuple[int, ...] = ()
+    keras_class: ClassVar[str] = "Reshape"
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], *self.target_shape)
+
+
+class Add(KerasLayer):
+    keras_class: ClassVar[str] = "Add"
+
+    def __call__(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Concatenate(KerasLayer):
+    axis: int = -1
+    keras_class: ClassVar[str] = "Concatenate"
+
+    def __call__(self, xs):
+        return jnp.concatenate(xs, axis=self.axis)
+
+
+class Dropout(KerasLayer):
+    """Active only with ``training=True`` (needs a ``'dropout'`` rng), like Keras."""
+
+    rate: float = 0.5
+    keras_class: ClassVar[str] = "Dropout"
+
+    def __call__(self, x, training: bool = False):
+        if not training or self.rate == 0.0:
+            return x
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.rate, x.shape)
+        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers with weights
+# --------------------------------------------------------------------------------------------
+
+glorot_uniform = nn.initializers.glorot_uniform()
+zeros = nn.initializers.zeros
+ones = nn.initializers.ones
+
+
+class Conv2D(KerasLayer):
+    """keras.layers.Conv2D (channels_last, HWIO kernel, bias added after the convolution)."""
+
+    filters: int
+    kernel_size: IntPair
+    strides: IntPair = 1
+    padding: str = "valid"
+    use_bias: bool = True
+    activation: str | Callable | None = None
+    dilation_rate: IntPair = 1
+    keras_class: ClassVar[str] = "Conv2D"
+    keras_weights: ClassVar = (("params", "kernel"), ("params", "bias"))
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = _pair(self.kernel_size)
+        kernel = self.param("kernel", glorot_uniform, (kh, kw, x.shape[-1], self.filters))
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel.astype(x.dtype),
+            window_strides=_pair(self.strides),
+            padding=self.padding.upper(),
+            rhs_dilation=_pair(self.dilation_rate),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            y = y + self.param("bias", zeros, (self.filters,)).astype(y.dtype)
+        return get_activation(self.activation)(y)
+
+    def macs(self, in_shapes, out_shape):
+        return int(np.prod(out_shape)) * int(np.prod(_pair(self.kernel_size))) * in_shapes[0][-1]
+
+
+class Dense(KerasLayer):
+    units: int
+    activation: str | Callable | None = None
+    use_bias: bool = True
+    keras_class: ClassVar[str] = "Dense"
+    keras_weights: ClassVar = (("params", "kernel"), ("params", "bias"))
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", glorot_uniform, (x.shape[-1], self.units))
+        y = jnp.matmul(x, kernel.astype(x.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", zeros, (self.units,)).astype(y.dtype)
+        return get_activation(self.activation)(y)
+
+    def macs(self, in_shapes, out_shape):
+        return int(np.prod(out_shape)) * in_shapes[0][-1]
+
+
+class BatchNormalization(KerasLayer):
+    """keras.layers.BatchNormalization over the last axis.
+
+    Inference uses Keras' formula ``x * inv + (beta - mean * inv)`` with ``inv = rsqrt(var + eps) * gamma``
+    (Flax's ``(x - mean) * inv + beta`` differs by ~1e-6). ``training=True`` normalises with the biased
+    batch moments and updates the moving statistics as ``moving * momentum + batch * (1 - momentum)``;
+    pass ``mutable=["batch_stats"]``.
+    """
+
+    epsilon: float = 1e-3
+    momentum: float = 0.99
+    scale: bool = True
+    center: bool = True
+    keras_class: ClassVar[str] = "BatchNormalization"
+    keras_weights: ClassVar = (
+        ("params", "scale"),
+        ("params", "bias"),
+        ("batch_stats", "mean"),
+        ("batch_stats", "var"),
+    )
+
+    @nn.compact
+    def __call__(self, x, training: bool = False):
+        c = x.shape[-1]
+        gamma = self.param("scale", ones, (c,)) if self.scale else None
+        beta = self.param("bias", zeros, (c,)) if self.center else None
+        moving_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        moving_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+
+        out_dtype = x.dtype
+        x = x.astype(jnp.result_type(x.dtype, jnp.float32))
+        if training:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axes)
+            var = jnp.var(x, axis=axes)
+            if not self.is_initializing():
+                m = self.momentum
+                moving_mean.value = moving_mean.value * m + mean * (1.0 - m)
+                moving_var.value = moving_var.value * m + var * (1.0 - m)
+        else:
+            mean, var = moving_mean.value.astype(x.dtype), moving_var.value.astype(x.dtype)
+
+        inv = jax.lax.rsqrt(var + self.epsilon)
+        if gamma is not None:
+            inv = inv * gamma.astype(x.dtype)
+        res = -mean * inv
+        if beta is not None:
+            res = res + beta.astype(x.dtype)
+        return (x * inv + res).astype(out_dtype)
+

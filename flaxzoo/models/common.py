@@ -1,0 +1,143 @@
+"""What every Keras application constructor shares: argument checks with Keras' errors, the pooling
+head for ``include_top=False``, and building (module, variables) from the ``weights`` argument."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from flaxzoo import graph as graph_lib
+from flaxzoo.layers import GlobalAveragePooling2D, GlobalMaxPooling2D, is_softmax_or_linear
+from flaxzoo.registry import ModelSpec
+
+
+def check_weights_arg(weights: Any) -> None:
+    if weights is None or (isinstance(weights, str) and weights == "imagenet"):
+        return
+    if isinstance(weights, str | os.PathLike) and os.path.exists(weights):
+        return
+    raise ValueError(
+        "The `weights` argument should be either `None` (random initialization), 'imagenet' "
+        "(pre-training on ImageNet), or the path to the weights file to be loaded.  "
+        f"Received: weights={weights}"
+    )
+
+
+def check_classes(weights: Any, include_top: bool, classes: int) -> None:
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ValueError(
+            "If using `weights='imagenet'` with `include_top=True`, `classes` should be 1000.  "
+            f"Received classes={classes}"
+        )
+
+
+def obtain_input_shape(
+    input_shape, default_size: int, min_size: int, require_flatten: bool, weights: Any
+) -> tuple[int | None, ...]:
+    """keras.applications.imagenet_utils.obtain_input_shape, channels_last.
+
+    Unlike Keras, a list is accepted where a tuple is (Keras compares ``[224, 224, 3] != (224, 224, 3)``
+    and raises); everything else, messages included, is Keras'.
+    """
+    if input_shape is not None:
+        input_shape = tuple(input_shape)
+    if weights != "imagenet" and input_shape and len(input_shape) == 3:
+        default_shape = (default_size, default_size, input_shape[-1])
+    else:
+        default_shape = (default_size, default_size, 3)
+    if weights == "imagenet" and require_flatten:
+        if input_shape is not None and input_shape != default_shape:
+            raise ValueError(
+                "When setting `include_top=True` and loading `imagenet` weights, "
+                f"`input_shape` should be {default_shape}.  Received: input_shape={input_shape}"
+            )
+        return default_shape
+    if input_shape:
+        if len(input_shape) != 3:
+            raise ValueError("`input_shape` must be a tuple of three integers.")
+        if input_shape[-1] != 3 and weights == "imagenet":
+            raise ValueError(f"The input must have 3 channels; Received `input_shape={input_shape}`")
+        if any(d is not None and d < min_size for d in input_shape[:2]):
+            raise ValueError(
+                f"Input size must be at least {min_size}x{min_size}; Received: input_shape={input_shape}"
+            )
+    else:
+        input_shape = default_shape if require_flatten else (None, None, 3)
+    if require_flatten and None in input_shape:
+        raise ValueError(
+            "If `include_top` is True, you should specify a static `input_shape`. "
+            f"Received: input_shape={input_shape}"
+        )
+    return input_shape
+
+
+def validate_activation(classifier_activation: Any, weights: Any) -> None:
+    if weights is not None and not is_softmax_or_linear(classifier_activation):
+        raise ValueError(
+            "Only `None` and `softmax` activations are allowed for the `classifier_activation` argument "
+            "when using pretrained weights, with `include_top=True`; Received: "
+            f"classifier_activation={classifier_activation}"
+        )
+
+
+def pooling_head(x, pooling: str | None, avg_name: str, max_name: str):
+    """``include_top=False``: 'avg' / 'max' global pooling; anything else returns the feature map, as in Keras."""
+    if pooling == "avg":
+        return GlobalAveragePooling2D(name=avg_name)(x)
+    if pooling == "max":
+        return GlobalMaxPooling2D(name=max_name)(x)
+    return x
+
+
+def build_application(
+    spec: ModelSpec,
+    make_module: Callable[..., nn.Module],
+    *,
+    include_top: bool,
+    weights: Any,
+    input_tensor: Any,
+    input_shape: Any,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: Any,
+    name: str | None,
+    seed: int,
+    default_size: int | None = None,
+    variant: str | None = None,
+) -> tuple[nn.Module, dict]:
+    """Keras' constructor sequence: check arguments, build the module, then load or initialise variables.
+
+    ``make_module(include_top=, pooling=, classes=, classifier_activation=, name=)`` returns the Flax module.
+    ``input_tensor`` (an array or ``jax.ShapeDtypeStruct``) fixes the input shape and bypasses the
+    shape checks, as in Keras.
+    """
+    check_weights_arg(weights)
+    check_classes(weights, include_top, classes)
+    default_size = default_size or spec.default_size
+    shape = obtain_input_shape(input_shape, default_size, spec.min_size, include_top, weights)
+    if input_tensor is not None:
+        shape = tuple(input_tensor.shape[1:])
+    if include_top:
+        validate_activation(classifier_activation, weights)
+    module = make_module(
+        include_top=include_top,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        name=name,
+    )
+    concrete = (1, *(default_size if d is None else d for d in shape))
+    if weights is None:
+        rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
+        variables = jax.jit(module.init)(rngs, jnp.zeros(concrete, jnp.float32))
+        return module, dict(variables)
+    from flaxzoo.weights import load_variables
+
+    graph = graph_lib.trace(module, concrete)
+    variant = variant or ("top" if include_top else "notop")
+    return module, load_variables(spec, graph, weights, variant)

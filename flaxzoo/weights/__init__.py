@@ -1,0 +1,98 @@
+"""Weights: resolve → cache → download → convert, in one place.
+
+``load_variables(spec, graph, weights, variant)`` is what every constructor calls:
+
+* ``"imagenet"``: the converted checkpoint in ``$FLAXZOO_HOME/checkpoints/<model>/<variant>``; else the
+  Keras file from ``$KERAS_HOME/models`` or a download (md5-checked), converted and cached.
+* a path to a Keras legacy ``.h5`` file: converted (nothing is cached);
+* a path to a flaxzoo checkpoint directory: restored without touching h5 or Keras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from flaxzoo.errors import CheckpointError
+from flaxzoo.graph import Graph
+from flaxzoo.registry import ModelSpec
+from flaxzoo.weights import checkpoint
+from flaxzoo.weights.convert import convert_h5, md5sum, metadata
+from flaxzoo.weights.files import flaxzoo_home, get_file, keras_home
+
+__all__ = [
+    "cache_dir",
+    "convert_file",
+    "load_variables",
+    "md5sum",
+    "flaxzoo_home",
+    "keras_home",
+    "get_file",
+]
+
+
+def _to_jax(tree):
+    return jax.tree_util.tree_map(jax.numpy.asarray, tree)
+
+
+def cache_dir(spec: ModelSpec, variant: str) -> Path:
+    return flaxzoo_home() / "checkpoints" / spec.name / variant
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive inter-process lock on ``path`` (so concurrent resolvers convert once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def convert_file(spec: ModelSpec, graph: Graph, h5_path, variant: str | None) -> tuple[dict, dict]:
+    """Convert a Keras .h5 for ``spec``; returns numpy variables and the checkpoint metadata."""
+    variables, source = convert_h5(h5_path, graph, foreign_files=spec.foreign_files)
+    return variables, metadata(spec.name, variant, source)
+
+
+def _load_imagenet(spec: ModelSpec, graph: Graph, variant: str) -> dict:
+    target = cache_dir(spec, variant)
+    with _locked(target.parent / f".{variant}.lock"):
+        if checkpoint.is_checkpoint(target):
+            try:
+                return checkpoint.restore(target, graph.variables)[0]
+            except CheckpointError:
+                shutil.rmtree(target, ignore_errors=True)  # broken cache entry: rebuild it
+        elif target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        wf = spec.weight_file(variant)
+        h5 = get_file(wf.fname, wf.url, wf.md5)
+        variables, meta = convert_file(spec, graph, h5, variant)
+        checkpoint.save(target, variables, meta)
+    return _to_jax(variables)
+
+
+def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, variant: str) -> dict:
+    """Variables for ``graph`` from ``weights`` ("imagenet", a Keras .h5 file or a flaxzoo checkpoint)."""
+    if isinstance(weights, str) and weights == "imagenet":
+        return _load_imagenet(spec, graph, variant)
+    path = Path(weights)
+    if path.is_dir():
+        variables, record = checkpoint.restore(path, graph.variables)
+        if record.get("model") not in (None, spec.name):
+            raise CheckpointError(f"{path}: a checkpoint of {record['model']}, not {spec.name}")
+        return variables
+    return _to_jax(convert_file(spec, graph, path, None)[0])
+
+
+def count_params(variables) -> int:
+    """Keras' count_params(): every weight, trainable or not (batch-norm moving statistics included)."""
+    return sum(int(np.prod(np.shape(v))) for v in jax.tree_util.tree_leaves(variables))

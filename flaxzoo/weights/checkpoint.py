@@ -1,0 +1,102 @@
+"""flaxzoo checkpoints: an orbax checkpoint of the variables plus a JSON metadata record.
+
+Layout of a checkpoint directory::
+
+    <dir>/flaxzoo.json   metadata: model, variant, source file and md5, flaxzoo version, variable shapes
+    <dir>/state/         orbax StandardCheckpointer tree {'params': ..., 'batch_stats': ...}
+
+Directories are written under a temporary name beside the destination and renamed into place, so a
+checkpoint directory either is complete or does not exist. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from flaxzoo.errors import CheckpointError
+
+METADATA_FILE = "flaxzoo.json"
+STATE_DIR = "state"
+
+
+def _shapes(tree) -> dict[str, list[int]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): list(np.shape(v)) for path, v in flat}
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / METADATA_FILE).is_file()
+
+
+def save(directory: str | os.PathLike, variables: dict, metadata: dict[str, Any]) -> Path:
+    """Write ``variables`` and ``metadata`` as a checkpoint at ``directory`` (which must not exist).
+
+    If another writer creates ``directory`` first, its checkpoint is kept and ours is discarded.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if directory.exists():
+        raise CheckpointError(f"{directory}: already exists; not overwriting")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / STATE_DIR, variables)
+            ckptr.wait_until_finished()
+        record = dict(metadata, variables=_shapes(variables))
+        (tmp / METADATA_FILE).write_text(json.dumps(record, indent=1))
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if not is_checkpoint(directory):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / METADATA_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: not a flaxzoo checkpoint (no {METADATA_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable metadata ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != "flaxzoo-checkpoint":
+        raise CheckpointError(f"{path}: not a flaxzoo checkpoint metadata record")
+    return record
+
+
+def restore(directory: str | os.PathLike, abstract_variables: dict | None = None) -> tuple[dict, dict]:
+    """Read a checkpoint; with ``abstract_variables`` (a tree of ShapeDtypeStructs) check it fits first."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    record = read_metadata(directory)
+    if abstract_variables is not None:
+        expected, stored = _shapes(abstract_variables), record.get("variables", {})
+        if expected != stored:
+            missing = sorted(set(expected) - set(stored))[:5]
+            extra = sorted(set(stored) - set(expected))[:5]
+            wrong = [k for k in expected if k in stored and expected[k] != stored[k]][:5]
+            raise CheckpointError(
+                f"{directory}: checkpoint of {record.get('model')} ({record.get('variant')}) does not fit "
+                f"this model: missing {missing}, unexpected {extra}, "
+                f"wrong shape {[(k, stored[k], expected[k]) for k in wrong]}"
+            )
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(directory / STATE_DIR, abstract_variables)
+    except Exception as e:  # orbax raises many types for a damaged directory
+        raise CheckpointError(f"{directory}: cannot restore the orbax state ({type(e).__name__}: {e})") from None
+    return dict(variables), record

@@ -1,0 +1,96 @@
+"""Keras 3 (JAX backend) as the reference: build a Keras application with random weights and non-trivial
+batch-norm statistics, write it in the legacy .h5 format, and run it. Used by the parity tests only."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from pathlib import Path  # noqa: E402
+
+import h5py  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+def keras_constructor(spec):
+    return getattr(keras.applications, spec.keras_name)
+
+
+def build(spec, **kwargs) -> keras.Model:
+    """The Keras model of ``spec`` with ``weights=None`` (random weights are set by :func:`randomize`)."""
+    return keras_constructor(spec)(weights=None, **kwargs)
+
+
+def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Deterministic random weights: kernels scaled by fan-in, BN statistics far from (0, 1)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        kind = w.path.rsplit("/", 1)[-1]
+        shape = tuple(w.shape)
+        if kind == "moving_mean":
+            value = rng.normal(0.0, 0.3, shape)
+        elif kind == "moving_variance":
+            value = rng.uniform(0.5, 2.0, shape)
+        elif kind == "gamma":
+            value = rng.uniform(0.5, 1.5, shape)
+        elif kind in ("beta", "bias"):
+            value = rng.normal(0.0, 0.2, shape)
+        else:  # kernels: unit-variance activations, more or less
+            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else shape[0]
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(1.0 / fan_in))
+        w.assign(np.asarray(value, np.float32))
+    return model
+
+
+def save_legacy_h5(model: keras.Model, path: str | os.PathLike) -> Path:
+    """``model``'s weights in the legacy HDF5 format (Keras 3's writer: str attributes, names without ':0')."""
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return Path(path)
+
+
+def copy_weights(src: keras.Model, dst: keras.Model) -> keras.Model:
+    """Same-architecture weight copy (e.g. between pooling variants of one no-top model)."""
+    dst.set_weights(src.get_weights())
+    return dst
+
+
+def images(n: int, size: int | tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Random RGB images in [0, 255], float32, NHWC."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.random.default_rng(seed).uniform(0, 255, (n, h, w, 3)).astype(np.float32)
+
+
+def run(model: keras.Model, x: np.ndarray, training: bool = False) -> np.ndarray:
+    return np.asarray(model(x, training=training))
+
+
+def calibrate_classifier(model: keras.Model, x: np.ndarray, logit_std: float = 1.5) -> keras.Model:
+    """Rescale the classifier kernel so the logits on ``x`` have std ``logit_std``: random weights
+    otherwise give a saturated softmax, against which a 1e-5 probability tolerance proves little."""
+    classifier = [layer for layer in model.layers if layer.weights][-1]
+    features = np.asarray(keras.Model(model.input, classifier.input)(x)).reshape(len(x), -1)
+    kernel = classifier.kernel
+    w = np.asarray(kernel).reshape(features.shape[1], -1)
+    scale = logit_std / max(float(np.std(features @ w)), 1e-12)
+    kernel.assign(np.asarray(kernel) * np.float32(scale))
+    return model
+
+
+def keras_preprocess(x: np.ndarray, mode: str) -> np.ndarray:
+    return np.asarray(keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode))
+
+
+def batch_stats(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
+    """Moving statistics of every BatchNormalization layer, in flaxzoo's naming."""
+    return {
+        layer.name: {"mean": np.asarray(layer.moving_mean), "var": np.asarray(layer.moving_variance)}
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
