@@ -8,12 +8,13 @@ from flaxzoo._version import __version__
 from flaxzoo import image, imagenet_utils
 from flaxzoo.models import ResNet50, VGG16, VGG19
 from flaxzoo import resnet50, vgg16, vgg19
-from flaxzoo.registry import ModelSpec, get_spec, list_models
+from flaxzoo.registry import ModelSpec, create_model, get_spec, list_models
 
 __all__ = [
     "__version__",
     "ModelSpec",
     "ResNet50",
+    "create_model",
     "VGG16",
     "VGG19",
     "get_spec",

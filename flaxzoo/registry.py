@@ -97,5 +97,22 @@ def get_spec(name: str) -> ModelSpec:
     raise ValueError(f"Unknown model {name!r}. Available: {', '.join(sorted(_REGISTRY))}")
 
 
+def create_model(name: str, *, abstract: bool = False, **kwargs):
+    """Build a registered model by name: ``create_model("resnet50", weights=None)`` → ``(model, variables)``.
+
+    ``kwargs`` are the Keras constructor's. ``abstract=True`` (with ``weights=None``) returns variable
+    shapes (``jax.ShapeDtypeStruct``) instead of initialised arrays: cheap, for inspection and conversion.
+    """
+    spec = get_spec(name)
+    if not abstract:
+        return spec.constructor(**kwargs)
+    from flaxzoo.models.common import abstract_variables
+
+    if kwargs.get("weights", "imagenet") is not None:
+        raise ValueError("create_model(abstract=True) needs weights=None")
+    with abstract_variables():
+        return spec.constructor(**kwargs)
+
+
 def keras_weights_file(fname: str, subdir: str, md5: str | None) -> WeightFile:
     return WeightFile(fname, f"{KERAS_WEIGHTS_PATH}/{subdir}/{fname}", md5)

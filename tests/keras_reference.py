@@ -7,6 +7,10 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import atexit  # noqa: E402
+import functools  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import h5py  # noqa: E402
@@ -94,3 +98,46 @@ def batch_stats(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
         for layer in model.layers
         if isinstance(layer, keras.layers.BatchNormalization)
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Session caches shared by the test modules: one randomised Keras model and one .h5 per variant.
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _h5_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="flaxzoo-keras-h5-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _spec(name):
+    from flaxzoo.registry import get_spec
+
+    return get_spec(name)
+
+
+@functools.cache
+def reference_inputs(name: str, size: int, n: int = 2) -> np.ndarray:
+    """``n`` random images at ``size``, preprocessed the Keras way for model ``name``."""
+    return keras_preprocess(images(n, size, seed=size), _spec(name).preprocess_mode)
+
+
+@functools.cache
+def reference_model(name: str, include_top: bool, size: int | None = None, pooling: str | None = None) -> keras.Model:
+    """Randomised Keras model of registry model ``name`` (same seed, hence same weights, for every
+    pooling). ``size=None`` with ``include_top=False`` gives Keras' dynamic (None, None, 3) input."""
+    kwargs = dict(include_top=include_top, pooling=pooling)
+    if size is not None:
+        kwargs["input_shape"] = (size, size, 3)
+    model = randomize(build(_spec(name), **kwargs), seed=0)
+    if include_top:
+        calibrate_classifier(model, reference_inputs(name, size or _spec(name).default_size))
+    return model
+
+
+@functools.cache
+def reference_h5(name: str, include_top: bool, size: int | None = None) -> Path:
+    """The legacy .h5 of :func:`reference_model` (pooling does not change the weights)."""
+    return save_legacy_h5(reference_model(name, include_top, size), _h5_dir() / f"{name}_{include_top}_{size}.h5")

@@ -29,35 +29,6 @@ def sizes(spec):
     return [spec.default_size, other_size(spec)]
 
 
-@functools.cache
-def keras_model(name, include_top, size, pooling=None):
-    """A randomised Keras model; every variant of one model gets the same seed, hence the same weights."""
-    spec = get_spec(name)
-    kwargs = dict(include_top=include_top, pooling=pooling)
-    if include_top:
-        kwargs["input_shape"] = (size, size, 3)
-    model = kr.randomize(kr.build(spec, **kwargs), seed=0)
-    if include_top:
-        kr.calibrate_classifier(model, inputs(name, size))
-    return model
-
-
-@functools.cache
-def keras_h5(name, include_top, size, tmp_dir):
-    return kr.save_legacy_h5(keras_model(name, include_top, size), f"{tmp_dir}/{name}_{include_top}_{size}.h5")
-
-
-@functools.cache
-def inputs(name, size):
-    spec = get_spec(name)
-    return kr.keras_preprocess(kr.images(2, size, seed=size), spec.preprocess_mode)
-
-
-@pytest.fixture(scope="session")
-def h5_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("keras_h5"))
-
-
 def flax_apply(model, variables, x, **kwargs):
     with jax.default_matmul_precision("highest"):
         return jax.jit(functools.partial(model.apply, **kwargs))(variables, x)
@@ -74,13 +45,13 @@ def assert_features_close(ours, ref, rtol=1e-4):
 @pytest.mark.parity
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("size_kind", ["default", "other"])
-def test_top_probabilities_match_keras(name, size_kind, h5_dir):
+def test_top_probabilities_match_keras(name, size_kind):
     spec = get_spec(name)
     size = spec.default_size if size_kind == "default" else other_size(spec)
-    x = inputs(name, size)
-    ref = kr.run(keras_model(name, True, size), x)
+    x = kr.reference_inputs(name, size)
+    ref = kr.run(kr.reference_model(name, True, size), x)
     model, variables = spec.constructor(
-        weights=keras_h5(name, True, size, h5_dir), input_shape=None if size_kind == "default" else (size, size, 3)
+        weights=kr.reference_h5(name, True, size), input_shape=None if size_kind == "default" else (size, size, 3)
     )
     probs = flax_apply(model, variables, x)
     assert probs.shape == ref.shape == (2, 1000)
@@ -92,24 +63,24 @@ def test_top_probabilities_match_keras(name, size_kind, h5_dir):
 @pytest.mark.parity
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_features_match_keras(name, pooling, h5_dir):
+def test_features_match_keras(name, pooling):
     spec = get_spec(name)
-    path = keras_h5(name, False, None, h5_dir)
-    ref_model = keras_model(name, False, None, pooling)
+    path = kr.reference_h5(name, False)
+    ref_model = kr.reference_model(name, False, None, pooling)
     model, variables = spec.constructor(include_top=False, weights=path, pooling=pooling)
     for size in sizes(spec):
-        x = inputs(name, size)
+        x = kr.reference_inputs(name, size)
         assert_features_close(flax_apply(model, variables, x), kr.run(ref_model, x))
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("name", MODELS)
-def test_train_mode_matches_keras_and_updates_bn_statistics(name, h5_dir):
+def test_train_mode_matches_keras_and_updates_bn_statistics(name):
     """One training-mode forward pass: outputs (batch statistics) and the updated moving statistics."""
     spec = get_spec(name)
-    path = keras_h5(name, False, None, h5_dir)
-    ref_model = kr.copy_weights(keras_model(name, False, None), kr.build(spec, include_top=False))
-    x = inputs(name, other_size(spec))
+    path = kr.reference_h5(name, False)
+    ref_model = kr.copy_weights(kr.reference_model(name, False, None), kr.build(spec, include_top=False))
+    x = kr.reference_inputs(name, other_size(spec))
     ref = kr.run(ref_model, x, training=True)
     model, variables = spec.constructor(include_top=False, weights=path)
     out, updates = flax_apply(model, variables, x, train=True, mutable=["batch_stats"])

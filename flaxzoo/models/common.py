@@ -3,6 +3,8 @@ head for ``include_top=False``, and building (module, variables) from the ``weig
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,20 @@ from flax import linen as nn
 from flaxzoo import graph as graph_lib
 from flaxzoo.layers import GlobalAveragePooling2D, GlobalMaxPooling2D, is_softmax_or_linear
 from flaxzoo.registry import ModelSpec
+
+
+_ABSTRACT = contextvars.ContextVar("flaxzoo_abstract_variables", default=False)
+
+
+@contextlib.contextmanager
+def abstract_variables():
+    """Within this context, constructors called with ``weights=None`` return ``jax.ShapeDtypeStruct``
+    variables: the module and its variable shapes, with no initialisation or weight I/O."""
+    token = _ABSTRACT.set(True)
+    try:
+        yield
+    finally:
+        _ABSTRACT.reset(token)
 
 
 def check_weights_arg(weights: Any) -> None:
@@ -134,7 +150,11 @@ def build_application(
     concrete = (1, *(default_size if d is None else d for d in shape))
     if weights is None:
         rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
-        variables = jax.jit(module.init)(rngs, jnp.zeros(concrete, jnp.float32))
+        x = jnp.zeros(concrete, jnp.float32)
+        if _ABSTRACT.get():
+            variables = jax.eval_shape(module.init, rngs, x)
+        else:
+            variables = jax.jit(module.init)(rngs, x)
         return module, dict(variables)
     from flaxzoo.weights import load_variables
 

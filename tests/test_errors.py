@@ -1,0 +1,73 @@
+"""Keras' ValueErrors, reproduced under the same conditions and with the same messages.
+
+Each case calls the Keras constructor and ours with the same arguments; both must raise ValueError
+with the same text. Every case fails before Keras would download anything.
+"""
+
+import re
+
+import jax
+import pytest
+
+from flaxzoo.errors import CheckpointError, WeightFileError
+from flaxzoo.registry import create_model, get_spec, list_models
+
+import keras_reference as kr
+
+MODELS = list_models()
+
+
+def cases(spec):
+    s, m = spec.default_size, spec.min_size
+    return {
+        "bad_weights": dict(weights="no/such/weights.h5"),
+        "imagenet_top_classes": dict(weights="imagenet", classes=10),
+        "imagenet_top_input_shape": dict(weights="imagenet", input_shape=(s + 1, s + 1, 3)),
+        "below_min_size": dict(weights=None, include_top=False, input_shape=(m - 1, m - 1, 3)),
+        "below_min_width_only": dict(weights=None, include_top=False, input_shape=(s, m - 1, 3)),
+        "imagenet_one_channel": dict(weights="imagenet", include_top=False, input_shape=(s, s, 1)),
+        "input_shape_rank": dict(weights=None, include_top=False, input_shape=(s, s)),
+        "top_dynamic_shape": dict(weights=None, include_top=True, input_shape=(None, None, 3)),
+        "activation_with_imagenet": dict(weights="imagenet", classifier_activation="relu"),
+    }
+
+
+CASE_NAMES = list(cases(get_spec(MODELS[0])))
+
+
+def error_of(fn, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        fn(**kwargs)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("name", MODELS)
+def test_constructor_errors_match_keras(name, case):
+    spec = get_spec(name)
+    kwargs = cases(spec)[case]
+    ours = error_of(spec.constructor, **kwargs)
+    theirs = error_of(kr.keras_constructor(spec), **kwargs)
+    if case == "activation_with_imagenet":  # Keras prints the resolved function object's repr
+        prefix = "classifier_activation="
+        ours, theirs = ours.split(prefix)[0], theirs.split(prefix)[0]
+    assert ours == theirs
+
+
+def test_weights_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path))):
+        get_spec("resnet50").constructor(weights=str(tmp_path), include_top=False)
+
+
+def test_weights_file_that_is_not_hdf5(tmp_path):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"not an hdf5 file" * 100)
+    with pytest.raises(WeightFileError, match=re.escape(str(path))):
+        get_spec("resnet50").constructor(weights=str(path), include_top=False)
+
+
+@pytest.mark.parametrize("pooling", ["bogus", "", "AVG"])
+def test_unknown_pooling_returns_the_feature_map_like_keras(pooling):
+    model, variables = create_model("vgg16", abstract=True, weights=None, include_top=False, pooling=pooling)
+    out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"))
+    assert out.shape == (1, 1, 1, 512)
