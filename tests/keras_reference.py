@@ -18,7 +18,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+def _shared_dir() -> Path:
+    """The team's shared data (never committed): $FLAXZOO_SHARED_DIR, else ../shared beside the repo."""
+    for candidate in (os.environ.get("FLAXZOO_SHARED_DIR"), Path(__file__).resolve().parents[2] / "shared", "/work/shared"):
+        if candidate and (Path(candidate) / "data").is_dir():
+            return Path(candidate)
+    raise RuntimeError("shared test data not found: set FLAXZOO_SHARED_DIR to the folder holding data/")
+
+
+SHARED = _shared_dir()
 SHARED_DATA = SHARED / "data"
 
 

@@ -25,16 +25,10 @@ from keras.src.utils import file_utils as keras_file_utils
 from flaxzoo import image as fz_image
 from flaxzoo import imagenet_utils as fz_iu
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from keras_reference import SHARED_DATA as DATA
+
 CLASS_INDEX_JSON = DATA / "imagenet_class_index.json"
 ELEPHANT = DATA / "elephant.jpg"
-
-needs_class_index = pytest.mark.skipif(
-    not CLASS_INDEX_JSON.exists(), reason=f"{CLASS_INDEX_JSON} missing"
-)
-needs_elephant = pytest.mark.skipif(
-    not ELEPHANT.exists(), reason=f"{ELEPHANT} missing"
-)
 
 MODES = ["caffe", "tf", "torch"]
 
@@ -193,7 +187,6 @@ def _assert_same_decoding(ours, ref, dtype):
             assert t_ours[2] == t_ref[2]
 
 
-@needs_class_index
 @pytest.mark.parametrize("top", [1, 5, 10])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_decode_predictions_matches_keras(keras_offline_class_index, top, dtype):
@@ -211,7 +204,6 @@ def test_decode_predictions_matches_keras(keras_offline_class_index, top, dtype)
         _assert_same_decoding(from_jax, ref, dtype)
 
 
-@needs_class_index
 def test_decode_predictions_known_classes():
     preds = _predictions()
     (top,) = fz_iu.decode_predictions(preds[3:], top=3, class_index=CLASS_INDEX_JSON)
@@ -233,7 +225,6 @@ def test_decode_predictions_shape_error_matches_keras(shape):
         fz_iu.decode_predictions(jnp.asarray(preds))
 
 
-@needs_class_index
 def test_decode_predictions_default_index_is_fetched_once_and_cached(monkeypatch):
     calls = []
 
@@ -267,7 +258,6 @@ def test_decode_predictions_default_index_is_fetched_once_and_cached(monkeypatch
 # load_img / img_to_array / array_to_img
 
 
-@needs_elephant
 @pytest.mark.parametrize("target_size", [(224, 224), (299, 299)])
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
 def test_load_img_matches_keras(target_size, interpolation):
@@ -288,7 +278,6 @@ def test_load_img_matches_keras(target_size, interpolation):
     )
 
 
-@needs_elephant
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -314,7 +303,6 @@ def test_load_img_options_match_keras(kwargs):
     )
 
 
-@needs_elephant
 def test_load_img_errors_match_keras():
     bad = dict(target_size=(10, 10), interpolation="cubic")
     _raises_like_keras(
