@@ -19,6 +19,7 @@ from flaxzoo.errors import CheckpointError, WeightFileError
 from flaxzoo.graph import trace
 from flaxzoo.registry import create_model, get_spec
 from flaxzoo.weights import checkpoint, convert_file, md5sum
+from flaxzoo.weights.files import current_umask
 from flaxzoo.weights.h5 import LegacyWeightsFile
 
 import keras_reference as kr
@@ -247,6 +248,7 @@ def test_checkpoint_round_trip_keeps_values_and_metadata(tmp_path, converted):
     variables, meta, source = converted
     target = checkpoint.save(tmp_path / "ckpt", variables, meta)
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary directory left beside it
+    assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # readable like any directory made here
     restored, record = checkpoint.restore(target, jax.eval_shape(lambda: variables))
     assert tree_equal(restored, variables)
     assert record["model"] == "resnet50" and record["variant"] == "notop"

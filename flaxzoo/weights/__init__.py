@@ -63,17 +63,25 @@ def convert_file(spec: ModelSpec, graph: Graph, h5_path, variant: str | None) ->
     return variables, metadata(spec.name, variant, source)
 
 
+def _converted_from(target: Path, md5: str | None) -> bool:
+    """Whether ``target`` is a checkpoint converted from the file with ``md5`` (any, when None)."""
+    try:
+        record = checkpoint.read_metadata(target)
+    except CheckpointError:
+        return False
+    return md5 is None or (record.get("source") or {}).get("md5") == md5
+
+
 def _load_imagenet(spec: ModelSpec, graph: Graph, variant: str) -> dict:
     target = cache_dir(spec, variant)
+    wf = spec.weight_file(variant)
     with _locked(target.parent / f".{variant}.lock"):
-        if checkpoint.is_checkpoint(target):
+        if _converted_from(target, wf.md5):
             try:
                 return checkpoint.restore(target, graph.variables)[0]
             except CheckpointError:
-                shutil.rmtree(target, ignore_errors=True)  # broken cache entry: rebuild it
-        elif target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        wf = spec.weight_file(variant)
+                pass
+        shutil.rmtree(target, ignore_errors=True)  # none, broken, or from a superseded file: (re)build it
         h5 = get_file(wf.fname, wf.url, wf.md5)
         variables, meta = convert_file(spec, graph, h5, variant)
         checkpoint.save(target, variables, meta)

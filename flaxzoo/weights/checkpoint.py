@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from flaxzoo.errors import CheckpointError
+from flaxzoo.weights.files import current_umask
 
 METADATA_FILE = "flaxzoo.json"
 STATE_DIR = "state"
@@ -54,6 +55,7 @@ def save(directory: str | os.PathLike, variables: dict, metadata: dict[str, Any]
             ckptr.wait_until_finished()
         record = dict(metadata, variables=_shapes(variables))
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=1))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared cache from others
         try:
             os.rename(tmp, directory)
         except OSError:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import tempfile
@@ -27,6 +28,12 @@ def flaxzoo_home() -> Path:
 
 def keras_home() -> Path:
     return Path(os.environ.get("KERAS_HOME") or "~/.keras").expanduser()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _verified(path: Path, md5: str | None) -> bool:
@@ -57,35 +64,45 @@ def download(
     retries: int = 3,
     backoff: float = 1.0,
 ) -> Path:
-    """Download ``url`` to ``dest`` atomically, checking ``md5``; retries transient failures with backoff."""
+    """Download ``url`` to ``dest`` atomically, checking ``md5``; retries transient failures with backoff.
+
+    Transient: connection errors, cut-off bodies, HTTP 5xx and 429. An md5 mismatch of a complete body
+    is not retried (the server has another file).
+    """
     dest = Path(dest)
     if not url.startswith(("https://", "http://", "file://")):
         raise DownloadError(f"{url}: unsupported URL scheme")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    last_error: Exception | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                _fetch(url, out, timeout=timeout, progress=progress, label=dest.name)
-            if md5 is not None and (got := md5sum(tmp)) != md5:
-                raise DownloadError(f"{url}: md5 mismatch: got {got}, expected {md5}; the file was not kept")
-            os.replace(tmp, dest)
-            return dest
-        except urllib.error.HTTPError as e:
-            last_error = DownloadError(f"{url}: HTTP {e.code} {e.reason}")
-            if e.code < 500 and e.code != 429:  # not transient
-                raise last_error from None
-        except DownloadError as e:
-            last_error = e
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            last_error = DownloadError(f"{url}: {getattr(e, 'reason', e)}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise DownloadError(f"{last_error} (gave up after {retries + 1} attempts)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
+    os.close(fd)
+    last_error: DownloadError | None = None
+    try:
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(backoff * 2 ** (attempt - 1))
+            try:
+                with open(tmp, "wb") as out:
+                    _fetch(url, out, timeout=timeout, progress=progress, label=dest.name)
+                break
+            except urllib.error.HTTPError as e:
+                e.close()
+                last_error = DownloadError(f"{url}: HTTP {e.code} {e.reason}")
+                if e.code < 500 and e.code != 429:  # not transient
+                    raise last_error from None
+            except DownloadError as e:  # body cut off
+                last_error = e
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                last_error = DownloadError(f"{url}: {getattr(e, 'reason', None) or e}")
+        else:
+            raise DownloadError(f"{last_error} (gave up after {retries + 1} attempts)")
+        if md5 is not None and (got := md5sum(tmp)) != md5:
+            raise DownloadError(f"{url}: md5 mismatch: got {got}, expected {md5}; the file was not kept")
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide a shared cache from others
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
 
 
 def _fetch(url: str, out, *, timeout: float, progress: bool, label: str) -> None:
