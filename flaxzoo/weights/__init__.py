@@ -94,10 +94,10 @@ def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, va
         return _load_imagenet(spec, graph, variant)
     path = Path(weights)
     if path.is_dir():
-        variables, record = checkpoint.restore(path, graph.variables)
-        if record.get("model") not in (None, spec.name):
-            raise CheckpointError(f"{path}: a checkpoint of {record['model']}, not {spec.name}")
-        return variables
+        model = checkpoint.read_metadata(path).get("model")
+        if model not in (None, spec.name):
+            raise CheckpointError(f"{path}: a checkpoint of {model}, not {spec.name}")
+        return checkpoint.restore(path, graph.variables)[0]
     return _to_jax(convert_file(spec, graph, path, None)[0])
 
 

@@ -1,0 +1,306 @@
+"""The ``flaxzoo`` command: classify images, convert Keras weight files, list the models.
+
+    flaxzoo predict elephant.jpg --model resnet50 [--weights imagenet|FILE.h5|CHECKPOINT_DIR] [--top 5]
+    flaxzoo convert --model resnet50 --h5 resnet50_weights_tf_dim_ordering_tf_kernels.h5 --out DIR
+    flaxzoo list
+    flaxzoo info resnet50
+
+Errors (every ``ValueError``, flaxzoo's own errors included, and unreadable files) are reported as one
+``flaxzoo: error: <message>`` line on stderr with exit status 2. The small functions below (building a
+model, its layer graph, converting a file) are also what ``convert/convert_all.py`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from flaxzoo.registry import ModelSpec, get_spec, list_models
+
+VARIANTS = ("top", "notop")
+PRECISIONS = ("default", "high", "highest")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks (also used by convert/convert_all.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def check_weights(weights: str) -> str:
+    """``"imagenet"``, or an existing path (a Keras .h5 file or a flaxzoo checkpoint directory)."""
+    if weights != "imagenet" and not os.path.exists(weights):
+        raise ValueError(f"{weights}: no such weights file or checkpoint directory (or use 'imagenet')")
+    return weights
+
+
+def build_model(spec: ModelSpec, weights: str = "imagenet", variant: str = "top"):
+    """``(module, variables)`` of ``spec`` at its default size, with or without the classifier."""
+    return spec.constructor(include_top=variant == "top", weights=check_weights(weights))
+
+
+def model_graph(spec: ModelSpec, variant: str):
+    """The Keras layer graph of ``spec`` (``variant`` "top" or "notop"), traced abstractly: no weights."""
+    from flaxzoo import graph as graph_lib
+    from flaxzoo.registry import create_model
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    module, _ = create_model(spec.name, abstract=True, weights=None, include_top=variant == "top")
+    return graph_lib.trace(module, (1, spec.default_size, spec.default_size, 3))
+
+
+def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, object]:
+    """Which variant a Keras .h5 file holds (top, else notop), by its weighted-layer count; and its graph."""
+    from flaxzoo.weights.h5 import LegacyWeightsFile
+
+    with LegacyWeightsFile(h5_path) as f:
+        n_file = len(f.weighted_layers())
+    counts = {}
+    for variant in VARIANTS:
+        graph = model_graph(spec, variant)
+        counts[variant] = len(graph.weighted_layers)
+        if counts[variant] == n_file:
+            return variant, graph
+    expected = ", ".join(f"{n} ({v})" for v, n in counts.items())
+    raise ValueError(
+        f"{h5_path}: {n_file} weighted layers; {spec.keras_name} has {expected}: not a {spec.keras_name} weights file"
+    )
+
+
+def convert_to_checkpoint(spec: ModelSpec, h5_path, out_dir, variant: str | None = None) -> dict:
+    """Convert a Keras legacy .h5 of ``spec`` into a flaxzoo checkpoint at ``out_dir`` (which must not exist).
+
+    ``variant=None`` infers it from the file. Returns the checkpoint's metadata record plus ``params``
+    (the number of weights) and ``path`` (the absolute output directory).
+    """
+    from flaxzoo.weights import checkpoint, convert_file, count_params
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        raise ValueError(f"{out_dir}: already exists; not overwriting (remove it or choose another --out)")
+    if not Path(h5_path).is_file():
+        raise ValueError(f"{h5_path}: no such file")
+    if variant is None:
+        variant, graph = infer_variant(spec, h5_path)
+    else:
+        graph = model_graph(spec, variant)
+    variables, meta = convert_file(spec, graph, h5_path, variant)
+    path = checkpoint.save(out_dir, variables, meta)
+    return dict(meta, params=count_params(variables), path=str(path))
+
+
+def load_batch(paths: Sequence[str], size: int) -> np.ndarray:
+    """Images as Keras' examples load them: ``load_img(target_size=(size, size))`` (nearest) → float32 NHWC."""
+    from flaxzoo.image import img_to_array, load_img
+
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(img_to_array(load_img(path, target_size=(size, size))))
+        except OSError as e:  # missing file, or not an image PIL can read
+            raise ValueError(f"{path}: cannot read image ({e.strerror or e})") from None
+    return np.stack(arrays)
+
+
+def preprocess(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
+    """The model's own ``preprocess_input`` (its Keras-mirroring module), on a copy of ``x``."""
+    return importlib.import_module(spec.module).preprocess_input(np.array(x, copy=True))
+
+
+def classify(
+    spec: ModelSpec,
+    model,
+    variables,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    precision: str = "highest",
+) -> np.ndarray:
+    """Class probabilities ``(len(paths), classes)``: one jitted forward pass per batch of images.
+
+    Batches are padded to one shape, so the model is compiled once.
+    """
+    import jax
+
+    forward = jax.jit(model.apply)
+    n = min(batch_size, len(paths))
+    out = []
+    for start in range(0, len(paths), n):
+        chunk = paths[start : start + n]
+        x = preprocess(spec, load_batch(chunk, spec.default_size))
+        if len(chunk) < n:
+            x = np.concatenate([x, np.zeros((n - len(chunk), *x.shape[1:]), x.dtype)])
+        with jax.default_matmul_precision(precision):
+            probs = forward(variables, x)
+        out.append(np.asarray(probs)[: len(chunk)])
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], indent: str = "") -> str:
+    """Columns padded to their widest cell; ``right[i]`` right-aligns column ``i``."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+
+    def line(cells):
+        return indent + "  ".join(
+            str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)
+        ).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def format_predictions(path: str, decoded) -> str:
+    """One image's table: rank, class id (wnid), class name, probability (6 decimals)."""
+    rows = [(str(i), wnid, name, f"{float(p):.6f}") for i, (wnid, name, p) in enumerate(decoded, start=1)]
+    table = format_table(("rank", "class id", "class name", "probability"), rows, (True, False, False, True), "  ")
+    return f"{path}\n{table}"
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def format_registry() -> str:
+    header = ("model", "Keras name", "size", "min size", "preprocess", "params", "params (no top)",
+              "depth", "top-1", "top-5", "GFLOPs")  # fmt: skip
+    rows = []
+    for name in list_models():
+        s = get_spec(name)
+        rows.append((s.name, s.keras_name, s.default_size, s.min_size, s.preprocess_mode, f"{s.params:,}",
+                     f"{s.params_notop:,}", s.depth, _percent(s.top1), _percent(s.top5),
+                     f"{s.flops / 1e9:.2f}"))  # fmt: skip
+    right = (False, False, True, True, False, True, True, True, True, True, True)
+    return format_table(header, rows, right)
+
+
+def format_info(spec: ModelSpec) -> str:
+    from flaxzoo.weights import cache_dir
+    from flaxzoo.weights.checkpoint import is_checkpoint
+
+    lines = [
+        f"{spec.keras_name} ({spec.name})",
+        f"  module           {spec.module}",
+        f"  input            {spec.default_size}x{spec.default_size}x3 (at least {spec.min_size}x{spec.min_size})",
+        f"  preprocessing    {spec.preprocess_mode}",
+        f"  params           {spec.params:,} ({spec.params_notop:,} without the top)",
+        f"  depth            {spec.depth}",
+        f"  ImageNet top-1   {_percent(spec.top1)}, top-5 {_percent(spec.top5)}",
+        f"  GFLOPs           {spec.flops / 1e9:.2f}",
+        "  weights",
+    ]
+    for variant, wf in spec.weights.items():
+        cached = cache_dir(spec, variant)
+        lines += [
+            f"    {variant}",
+            f"      file         {wf.fname}",
+            f"      url          {wf.url}",
+            f"      md5          {wf.md5 or '(none published)'}",
+            f"      converted    {cached if is_checkpoint(cached) else '(not yet)'}",
+        ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_predict(args) -> None:
+    from flaxzoo.imagenet_utils import decode_predictions
+
+    spec = get_spec(args.model)
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1; got {args.top}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1; got {args.batch_size}")
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: no such image file")
+    if args.class_index is not None and not os.path.isfile(args.class_index):
+        raise ValueError(f"{args.class_index}: no such class index file")
+    model, variables = build_model(spec, args.weights, "top")
+    probs = classify(spec, model, variables, args.images, batch_size=args.batch_size, precision=args.precision)
+    decoded = decode_predictions(probs, top=args.top, class_index=args.class_index)
+    print("\n\n".join(format_predictions(path, d) for path, d in zip(args.images, decoded)))
+
+
+def cmd_convert(args) -> None:
+    spec = get_spec(args.model)
+    info = convert_to_checkpoint(spec, args.h5, args.out, args.variant)
+    print(
+        f"converted {spec.name} ({info['variant']}): {info['params']:,} params from {info['source']['file']} "
+        f"(md5 {info['source']['md5']}) -> {info['path']}"
+    )
+
+
+def cmd_list(args) -> None:
+    print(format_registry())
+
+
+def cmd_info(args) -> None:
+    print(format_info(get_spec(args.model)))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flaxzoo", description="Keras Applications ImageNet models in Flax, with Keras-exact weights."
+    )
+    from flaxzoo._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"flaxzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="classify images with an ImageNet model")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--model", default="resnet50", help="registry or Keras name (default: resnet50); see `flaxzoo list`")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (default), a Keras .h5 file or a flaxzoo checkpoint directory")  # fmt: skip
+    p.add_argument("--top", type=int, default=5, help="classes shown per image (default: 5)")
+    p.add_argument("--class-index", metavar="PATH",
+                   help="a Keras-format imagenet_class_index.json (default: Keras' file, cached)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--precision", choices=PRECISIONS, default="highest",
+                   help="jax matmul/convolution precision (default: highest, full float32)")  # fmt: skip
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("convert", help="convert a Keras legacy .h5 weights file into a flaxzoo checkpoint")
+    p.add_argument("--model", required=True, help="registry or Keras name")
+    p.add_argument("--h5", required=True, metavar="FILE", help="Keras legacy .h5 weights file")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create (must not exist)")
+    p.add_argument("--variant", choices=VARIANTS, help="with or without the classifier (default: from the file)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("list", help="the registered models")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="one model's details and weight files")
+    p.add_argument("model", metavar="MODEL", help="registry or Keras name")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flaxzoo`` console script; returns the exit status (0, or 2 on error)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
+    try:
+        args.func(args)
+    except (ValueError, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
