@@ -47,12 +47,10 @@ def build_model(spec: ModelSpec, weights: str = "imagenet", variant: str = "top"
 def model_graph(spec: ModelSpec, variant: str):
     """The Keras layer graph of ``spec`` (``variant`` "top" or "notop"), traced abstractly: no weights."""
     from flaxzoo import graph as graph_lib
-    from flaxzoo.registry import create_model
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    module, _ = create_model(spec.name, abstract=True, weights=None, include_top=variant == "top")
-    return graph_lib.trace(module, (1, spec.default_size, spec.default_size, 3))
+    return graph_lib.model_graph(spec.name, include_top=variant == "top")
 
 
 def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, object]:

@@ -124,3 +124,13 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
         by_name[name] = LayerInfo(name, layer_type.keras_class, layer_type, inbound, shape, macs)
     order = keras_order({n: info.inbound for n, info in by_name.items()}, recorder.output)
     return Graph(tuple(by_name[n] for n in order), dict(variables), recorder.output)
+
+
+def model_graph(name: str, *, include_top: bool = True, size: int | None = None, **kwargs) -> Graph:
+    """The graph of registered model ``name`` (Keras constructor ``kwargs``) at ``size`` (default: the
+    model's default size), traced abstractly: no weights are initialised or read."""
+    from flaxzoo.registry import create_model, get_spec
+
+    size = size or get_spec(name).default_size
+    module, _ = create_model(name, abstract=True, weights=None, include_top=include_top, **kwargs)
+    return trace(module, (1, size, size, 3))

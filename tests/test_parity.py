@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-import flaxzoo
 from flaxzoo.registry import get_spec, list_models
 
 import keras_reference as kr

@@ -12,7 +12,6 @@ import io
 import json
 import re
 import shutil
-from pathlib import Path
 
 import jax.numpy as jnp
 import keras

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import flaxzoo
-from flaxzoo.graph import trace
+from flaxzoo.graph import model_graph
 from flaxzoo.registry import create_model, get_spec, list_models
 from flaxzoo.weights import count_params
 
@@ -17,11 +17,8 @@ MODELS = list_models()
 
 
 @functools.cache
-def flax_graph(name, include_top, size=None):
-    spec = get_spec(name)
-    size = size or spec.default_size
-    model, _ = create_model(name, abstract=True, weights=None, include_top=include_top)
-    return trace(model, (1, size, size, 3))
+def flax_graph(name, include_top):
+    return model_graph(name, include_top=include_top)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -38,27 +35,33 @@ def test_spec_is_complete_and_reachable(name):
     assert getattr(__import__(spec.module, fromlist=["_"]), spec.keras_name) is spec.constructor
 
 
-@pytest.mark.parametrize("include_top", [True, False], ids=["top", "notop"])
+VARIANTS = pytest.mark.parametrize("include_top", [True, False], ids=["top", "notop"])
+
+
+def graphs(name, include_top):
+    """flaxzoo's traced graph and the Keras model, at the default size (dynamic for no-top Keras)."""
+    size = get_spec(name).default_size
+    return flax_graph(name, include_top), kr.reference_model(name, include_top, size if include_top else None)
+
+
+@VARIANTS
 @pytest.mark.parametrize("name", MODELS)
 def test_param_count_equals_keras_and_registry(name, include_top):
     spec = get_spec(name)
-    graph = flax_graph(name, include_top)
-    keras_model = kr.reference_model(name, include_top, spec.default_size if include_top else None)
+    graph, keras_model = graphs(name, include_top)
     expected = spec.params if include_top else spec.params_notop
     assert graph.count_params() == keras_model.count_params() == expected
 
 
-@pytest.mark.parametrize("include_top", [True, False], ids=["top", "notop"])
+@VARIANTS
 @pytest.mark.parametrize("name", MODELS)
 def test_weighted_layers_in_keras_order(name, include_top):
     """The order legacy .h5 weights are assigned in: Keras' model.layers, filtered to weighted layers."""
-    spec = get_spec(name)
-    graph = flax_graph(name, include_top)
-    keras_model = kr.reference_model(name, include_top, spec.default_size if include_top else None)
+    graph, keras_model = graphs(name, include_top)
     keras_layers = [(layer.name, type(layer).__name__) for layer in keras_model.layers if layer.weights]
     assert [(layer.name, layer.keras_class) for layer in graph.weighted_layers] == keras_layers
     if include_top:
-        assert len(graph.weighted_layers) == spec.depth
+        assert len(graph.weighted_layers) == get_spec(name).depth
 
 
 @pytest.mark.parametrize("name", MODELS)

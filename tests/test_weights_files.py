@@ -16,8 +16,8 @@ import pytest
 
 import flaxzoo
 from flaxzoo.errors import CheckpointError, WeightFileError
-from flaxzoo.graph import trace
-from flaxzoo.registry import create_model, get_spec
+from flaxzoo.graph import model_graph
+from flaxzoo.registry import get_spec
 from flaxzoo.weights import checkpoint, convert_file, md5sum
 from flaxzoo.weights.files import current_umask
 from flaxzoo.weights.h5 import LegacyWeightsFile
@@ -27,11 +27,8 @@ import keras_reference as kr
 MOBILENET_FILE = kr.SHARED_DATA / "mobilenet_2_5_224_tf_no_top.h5"
 
 
-def graph_of(name, include_top=False, size=None):
-    spec = get_spec(name)
-    model, _ = create_model(name, abstract=True, weights=None, include_top=include_top)
-    size = size or spec.default_size
-    return trace(model, (1, size, size, 3))
+def graph_of(name):
+    return model_graph(name, include_top=False)
 
 
 def tree_equal(a, b):
