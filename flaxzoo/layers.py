@@ -13,6 +13,8 @@ TF 'SAME' padding, Keras' batch-norm formula, average pooling that excludes padd
 
 from __future__ import annotations
 
+import collections
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -78,6 +80,29 @@ class KerasLayer(nn.Module):
     keras_class: ClassVar[str] = "Layer"
     # Legacy .h5 order of the layer's arrays, as (collection, variable name); absent ones are skipped.
     keras_weights: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+
+def snake_case(name: str) -> str:
+    """Keras' ``to_snake_case``: "Conv2D" → "conv2d", "BatchNormalization" → "batch_normalization"."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class AutoNames:
+    """Names for layers Keras builds without one, as in a fresh Keras session: the snake-case class
+    name, then ``_1``, ``_2``, ... per class (``conv2d``, ``conv2d_1``, ``activation``, ...).
+
+    Make one per model call and take names in Keras' layer-creation order: ``name=auto(Conv2D)``.
+    """
+
+    def __init__(self):
+        self._seen: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, layer_class: type[KerasLayer]) -> str:
+        prefix = snake_case(layer_class.keras_class)
+        n = self._seen[prefix]
+        self._seen[prefix] += 1
+        return prefix if n == 0 else f"{prefix}_{n}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +231,16 @@ class Add(KerasLayer):
         return out
 
 
+class CustomScaleLayer(KerasLayer):
+    """InceptionResNetV2's scaled residual: ``inputs[0] + inputs[1] * scale``."""
+
+    scale: float = 1.0
+    keras_class: ClassVar[str] = "CustomScaleLayer"
+
+    def __call__(self, xs):
+        return xs[0] + xs[1] * self.scale
+
+
 class Concatenate(KerasLayer):
     axis: int = -1
     keras_class: ClassVar[str] = "Concatenate"
@@ -267,6 +302,77 @@ class Conv2D(KerasLayer):
 
     def macs(self, in_shapes, out_shape):
         return int(np.prod(out_shape)) * int(np.prod(_pair(self.kernel_size))) * in_shapes[0][-1]
+
+
+def depthwise_conv(x, kernel, strides, padding):
+    """Keras' depthwise convolution: kernel (kh, kw, C, m) → output channel c·m + k, as a grouped conv."""
+    kh, kw, c, m = kernel.shape
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel.reshape(kh, kw, 1, c * m).astype(x.dtype),
+        window_strides=_pair(strides),
+        padding=padding.upper(),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+    )
+
+
+class DepthwiseConv2D(KerasLayer):
+    """keras.layers.DepthwiseConv2D; the kernel keeps Keras' layout (kh, kw, C, depth_multiplier)."""
+
+    kernel_size: IntPair
+    strides: IntPair = 1
+    padding: str = "valid"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    keras_class: ClassVar[str] = "DepthwiseConv2D"
+    keras_weights: ClassVar = (("params", "depthwise_kernel"), ("params", "bias"))
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = _pair(self.kernel_size)
+        c, m = x.shape[-1], self.depth_multiplier
+        kernel = self.param("depthwise_kernel", glorot_uniform, (kh, kw, c, m))
+        y = depthwise_conv(x, kernel, self.strides, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", zeros, (c * m,)).astype(y.dtype)
+        return y
+
+    def macs(self, in_shapes, out_shape):
+        return int(np.prod(out_shape)) * int(np.prod(_pair(self.kernel_size)))
+
+
+class SeparableConv2D(KerasLayer):
+    """keras.layers.SeparableConv2D: a depthwise conv (stride, padding), then a separate 1x1 'valid' conv."""
+
+    filters: int
+    kernel_size: IntPair
+    strides: IntPair = 1
+    padding: str = "valid"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    activation: str | Callable | None = None
+    keras_class: ClassVar[str] = "SeparableConv2D"
+    keras_weights: ClassVar = (("params", "depthwise_kernel"), ("params", "pointwise_kernel"), ("params", "bias"))
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = _pair(self.kernel_size)
+        c, m = x.shape[-1], self.depth_multiplier
+        depthwise = self.param("depthwise_kernel", glorot_uniform, (kh, kw, c, m))
+        pointwise = self.param("pointwise_kernel", glorot_uniform, (1, 1, c * m, self.filters))
+        y = depthwise_conv(x, depthwise, self.strides, self.padding)
+        y = jax.lax.conv_general_dilated(
+            y, pointwise.astype(y.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        if self.use_bias:
+            y = y + self.param("bias", zeros, (self.filters,)).astype(y.dtype)
+        return get_activation(self.activation)(y)
+
+    def macs(self, in_shapes, out_shape):
+        pixels = int(np.prod(out_shape[:-1]))
+        c = in_shapes[0][-1] * self.depth_multiplier
+        return pixels * c * (int(np.prod(_pair(self.kernel_size))) + self.filters)
 
 
 class Dense(KerasLayer):

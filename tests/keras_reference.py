@@ -35,7 +35,9 @@ def keras_constructor(spec):
 
 
 def build(spec, **kwargs) -> keras.Model:
-    """The Keras model of ``spec`` with ``weights=None`` (random weights are set by :func:`randomize`)."""
+    """The Keras model of ``spec`` with ``weights=None``, named as in a fresh Keras session (auto-named
+    layers such as ``conv2d_3`` are numbered per session). Random weights are set by :func:`randomize`."""
+    keras.backend.clear_session()
     return keras_constructor(spec)(weights=None, **kwargs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flaxzoo import graph as graph_lib
-from flaxzoo.layers import GlobalAveragePooling2D, GlobalMaxPooling2D, is_softmax_or_linear
+from flaxzoo.layers import GlobalAveragePooling2D, GlobalMaxPooling2D, is_softmax_or_linear, snake_case
 from flaxzoo.registry import ModelSpec
 
 
@@ -32,24 +33,32 @@ def abstract_variables():
         _ABSTRACT.reset(token)
 
 
-def check_weights_arg(weights: Any) -> None:
+@dataclasses.dataclass(frozen=True)
+class KerasMessages:
+    """The wording of the two argument errors, which differs between Keras application files."""
+
+    weights: str = (
+        "The `weights` argument should be either `None` (random initialization), 'imagenet' "
+        "(pre-training on ImageNet), or the path to the weights file to be loaded.  "
+        "Received: weights={weights}"
+    )
+    classes: str = (
+        "If using `weights='imagenet'` with `include_top=True`, `classes` should be 1000.  "
+        "Received classes={classes}"
+    )
+
+
+def check_weights_arg(weights: Any, messages: KerasMessages = KerasMessages()) -> None:
     if weights is None or (isinstance(weights, str) and weights == "imagenet"):
         return
     if isinstance(weights, str | os.PathLike) and os.path.exists(weights):
         return
-    raise ValueError(
-        "The `weights` argument should be either `None` (random initialization), 'imagenet' "
-        "(pre-training on ImageNet), or the path to the weights file to be loaded.  "
-        f"Received: weights={weights}"
-    )
+    raise ValueError(messages.weights.format(weights=weights))
 
 
-def check_classes(weights: Any, include_top: bool, classes: int) -> None:
+def check_classes(weights: Any, include_top: bool, classes: int, messages: KerasMessages = KerasMessages()) -> None:
     if weights == "imagenet" and include_top and classes != 1000:
-        raise ValueError(
-            "If using `weights='imagenet'` with `include_top=True`, `classes` should be 1000.  "
-            f"Received classes={classes}"
-        )
+        raise ValueError(messages.classes.format(classes=classes))
 
 
 def obtain_input_shape(
@@ -101,12 +110,15 @@ def validate_activation(classifier_activation: Any, weights: Any) -> None:
         )
 
 
-def pooling_head(x, pooling: str | None, avg_name: str, max_name: str):
-    """``include_top=False``: 'avg' / 'max' global pooling; anything else returns the feature map, as in Keras."""
+def pooling_head(x, pooling: str | None, avg_name: str | None = None, max_name: str | None = None):
+    """``include_top=False``: 'avg' / 'max' global pooling; anything else returns the feature map, as in Keras.
+
+    Unnamed in most Keras files, hence the auto names of the only such layer by default.
+    """
     if pooling == "avg":
-        return GlobalAveragePooling2D(name=avg_name)(x)
+        return GlobalAveragePooling2D(name=avg_name or snake_case(GlobalAveragePooling2D.keras_class))(x)
     if pooling == "max":
-        return GlobalMaxPooling2D(name=max_name)(x)
+        return GlobalMaxPooling2D(name=max_name or snake_case(GlobalMaxPooling2D.keras_class))(x)
     return x
 
 
@@ -123,8 +135,7 @@ def build_application(
     classifier_activation: Any,
     name: str | None,
     seed: int,
-    default_size: int | None = None,
-    variant: str | None = None,
+    messages: KerasMessages = KerasMessages(),
 ) -> tuple[nn.Module, dict]:
     """Keras' constructor sequence: check arguments, build the module, then load or initialise variables.
 
@@ -132,12 +143,9 @@ def build_application(
     ``input_tensor`` (an array or ``jax.ShapeDtypeStruct``) fixes the input shape and bypasses the
     shape checks, as in Keras.
     """
-    check_weights_arg(weights)
-    check_classes(weights, include_top, classes)
-    default_size = default_size or spec.default_size
-    shape = obtain_input_shape(input_shape, default_size, spec.min_size, include_top, weights)
-    if input_tensor is not None:
-        shape = tuple(input_tensor.shape[1:])
+    check_weights_arg(weights, messages)
+    check_classes(weights, include_top, classes, messages)
+    shape = obtain_input_shape(input_shape, spec.default_size, spec.min_size, include_top, weights)
     if include_top:
         validate_activation(classifier_activation, weights)
     module = make_module(
@@ -147,7 +155,28 @@ def build_application(
         classifier_activation=classifier_activation,
         name=name,
     )
-    concrete = (1, *(default_size if d is None else d for d in shape))
+    return instantiate(spec, module, input_shape_of(input_tensor, shape), weights=weights, seed=seed)
+
+
+def input_shape_of(input_tensor: Any, checked_shape: tuple) -> tuple:
+    """The model's input shape: ``input_tensor``'s when given (as Keras, without the size checks)."""
+    return checked_shape if input_tensor is None else tuple(input_tensor.shape[1:])
+
+
+def instantiate(
+    spec: ModelSpec,
+    module: nn.Module,
+    shape: tuple,
+    *,
+    weights: Any,
+    seed: int,
+    variant: str | None = None,
+    default_size: int | None = None,
+) -> tuple[nn.Module, dict]:
+    """``(module, variables)``: variables from ``weights`` (None: random from ``seed``) for inputs of ``shape``
+    (None dimensions are traced at ``default_size``). ``variant`` names the published file for "imagenet"."""
+    size = default_size or spec.default_size
+    concrete = (1, *(size if d is None else d for d in shape))
     if weights is None:
         rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
         x = jnp.zeros(concrete, jnp.float32)
@@ -159,5 +188,5 @@ def build_application(
     from flaxzoo.weights import load_variables
 
     graph = graph_lib.trace(module, concrete)
-    variant = variant or ("top" if include_top else "notop")
+    variant = variant or ("top" if module.include_top else "notop")
     return module, load_variables(spec, graph, weights, variant)

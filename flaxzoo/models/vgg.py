@@ -38,7 +38,7 @@ class VGG(nn.Module):
             x = Dense(4096, activation="relu", name="fc1")(x)
             x = Dense(4096, activation="relu", name="fc2")(x)
             return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling, avg_name="global_average_pooling2d", max_name="global_max_pooling2d")
+        return pooling_head(x, self.pooling)
 
 
 _COMMON = dict(default_size=224, min_size=32, preprocess_mode="caffe")

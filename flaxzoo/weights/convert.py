@@ -21,6 +21,7 @@ import numpy as np
 from flaxzoo._version import __version__
 from flaxzoo.errors import WeightFileError
 from flaxzoo.graph import Graph, LayerInfo
+from flaxzoo.layers import snake_case
 from flaxzoo.weights.h5 import LegacyWeightsFile
 
 
@@ -32,14 +33,9 @@ def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _snake_case(name: str) -> str:
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
 def is_auto_named(layer: LayerInfo) -> bool:
     """True for names Keras generates from the class (``conv2d_3``, ``batch_normalization``)."""
-    return re.fullmatch(rf"{_snake_case(layer.keras_class)}(_\d+)?", layer.name) is not None
+    return re.fullmatch(rf"{snake_case(layer.keras_class)}(_\d+)?", layer.name) is not None
 
 
 def _slots(graph: Graph, layer: LayerInfo) -> list[tuple[str, str, Any]]:
