@@ -6,8 +6,8 @@
 
 from flaxzoo._version import __version__
 from flaxzoo import image, imagenet_utils
-from flaxzoo.models import ResNet50, VGG16, VGG19
-from flaxzoo import resnet50, vgg16, vgg19
+from flaxzoo.models import ResNet50, VGG16, VGG19, Xception
+from flaxzoo import resnet50, vgg16, vgg19, xception
 from flaxzoo.registry import ModelSpec, create_model, get_spec, list_models
 
 __all__ = [
@@ -24,4 +24,6 @@ __all__ = [
     "resnet50",
     "vgg16",
     "vgg19",
+    "Xception",
+    "xception",
 ]

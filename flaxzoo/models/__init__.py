@@ -2,5 +2,6 @@
 
 from flaxzoo.models.resnet import ResNet, ResNet50
 from flaxzoo.models.vgg import VGG, VGG16, VGG19
+from flaxzoo.models.xception import Xception, XceptionModule
 
-__all__ = ["ResNet", "ResNet50", "VGG", "VGG16", "VGG19"]
+__all__ = ["ResNet", "ResNet50", "VGG", "VGG16", "VGG19", "Xception", "XceptionModule"]
