@@ -51,6 +51,9 @@ class ModelSpec:
     weights: Mapping[str, WeightFile]  # variant ("top", "notop", ...) -> published file
     # md5 -> why a published file with one of our file names is not the one this model loads
     foreign_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The Keras graph depends on the static input size (NASNet's adjust blocks): a Keras model built with a
+    # dynamic (None, None, 3) input is a different model. flaxzoo always decides from the actual size.
+    shape_dependent: bool = False
     constructor: Callable | None = None
 
     def weight_file(self, variant: str) -> WeightFile:

@@ -137,7 +137,10 @@ def reference_inputs(name: str, size: int, n: int = 2) -> np.ndarray:
 @functools.cache
 def reference_model(name: str, include_top: bool, size: int | None = None, pooling: str | None = None) -> keras.Model:
     """Randomised Keras model of registry model ``name`` (same seed, hence same weights, for every
-    pooling). ``size=None`` with ``include_top=False`` gives Keras' dynamic (None, None, 3) input."""
+    pooling). ``size=None`` with ``include_top=False`` gives Keras' dynamic (None, None, 3) input, except
+    for shape-dependent models (NASNet), whose dynamic-input graph differs: those get the default size."""
+    if size is None and _spec(name).shape_dependent:
+        size = _spec(name).default_size
     kwargs = dict(include_top=include_top, pooling=pooling)
     if size is not None:
         kwargs["input_shape"] = (size, size, 3)
