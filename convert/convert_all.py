@@ -47,9 +47,11 @@ def find_files(keras_dir: Path) -> list[Found]:
     for name in list_models():
         spec = get_spec(name)
         for variant, wf in spec.weights.items():
-            path = keras_dir / wf.fname
-            if path.is_file():
-                found.append(Found(spec, variant, wf, path))
+            # Keras' cache name, or the name in the URL (NASNet-mobile.h5 is cached as nasnet_mobile.h5)
+            for fname in dict.fromkeys((wf.fname, wf.path.rsplit("/", 1)[-1])):
+                if (keras_dir / fname).is_file():
+                    found.append(Found(spec, variant, wf, keras_dir / fname))
+                    break
     return found
 
 

@@ -4,6 +4,7 @@
     flaxzoo convert --model resnet50 --h5 resnet50_weights_tf_dim_ordering_tf_kernels.h5 --out DIR
     flaxzoo list
     flaxzoo info resnet50
+    flaxzoo summary inception_v3 [--notop] [--pooling avg] [--input-shape 224,224,3] [--freeze-until mixed8]
 
 Errors (every ``ValueError``, flaxzoo's own errors included, and unreadable files) are reported as one
 ``flaxzoo: error: <message>`` line on stderr with exit status 2. The small functions below (building a
@@ -50,7 +51,7 @@ def model_graph(spec: ModelSpec, variant: str):
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    return graph_lib.model_graph(spec.name, include_top=variant == "top")
+    return graph_lib.registered_graph(spec.name, include_top=variant == "top")
 
 
 def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, object]:
@@ -249,6 +250,36 @@ def cmd_info(args) -> None:
     print(format_info(get_spec(args.model)))
 
 
+def parse_frozen(text: str | None) -> str | int | None:
+    """``--freeze-until``: a Keras layer index (``249``: ``model.layers[:249]``) or a layer name."""
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def parse_input_shape(text: str | None) -> tuple[int | None, ...] | None:
+    """``"224,224,3"`` or ``"None,None,3"`` → a Keras ``input_shape`` tuple."""
+    if text is None:
+        return None
+    try:
+        return tuple(None if d.strip().lower() == "none" else int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape {text!r}: expected H,W,C such as 224,224,3 (None for any size)") from None
+
+
+def cmd_summary(args) -> None:
+    from flaxzoo.registry import create_model
+    from flaxzoo.surgery import freeze, summary
+
+    kwargs = dict(include_top=not args.notop, pooling=args.pooling)
+    if args.input_shape:
+        kwargs["input_shape"] = parse_input_shape(args.input_shape)
+    model, _ = create_model(args.model, abstract=True, weights=None, **kwargs)
+    if args.freeze_until is not None:
+        model = freeze(model, parse_frozen(args.freeze_until))
+    summary(model)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flaxzoo", description="Keras Applications ImageNet models in Flax, with Keras-exact weights."
@@ -284,6 +315,15 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="one model's details and weight files")
     p.add_argument("model", metavar="MODEL", help="registry or Keras name")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("summary", help="the layers of a model, as Keras' model.summary()")
+    p.add_argument("model", metavar="MODEL", help="registry or Keras name")
+    p.add_argument("--notop", action="store_true", help="without the classifier (include_top=False)")
+    p.add_argument("--pooling", choices=("avg", "max"), help="global pooling of a --notop model")
+    p.add_argument("--input-shape", metavar="H,W,C", help="Keras' input_shape, e.g. 299,299,3 (None: any size)")
+    p.add_argument("--freeze-until", metavar="LAYER|N",
+                   help="count the first N layers, or those up to and including LAYER, as non-trainable")  # fmt: skip
+    p.set_defaults(func=cmd_summary)
     return parser
 
 

@@ -126,7 +126,7 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
     return Graph(tuple(by_name[n] for n in order), dict(variables), recorder.output)
 
 
-def model_graph(name: str, *, include_top: bool = True, size: int | None = None, **kwargs) -> Graph:
+def registered_graph(name: str, *, include_top: bool = True, size: int | None = None, **kwargs) -> Graph:
     """The graph of registered model ``name`` (Keras constructor ``kwargs``) at ``size`` (default: the
     model's default size), traced abstractly: no weights are initialised or read."""
     from flaxzoo.registry import create_model, get_spec

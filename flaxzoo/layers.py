@@ -153,6 +153,27 @@ class ZeroPadding2D(KerasLayer):
         return jnp.pad(x, ((0, 0), tuple(p[0]), tuple(p[1]), (0, 0)))
 
 
+class Cropping2D(KerasLayer):
+    """``cropping`` is an int, (crop_h, crop_w) or ((top, bottom), (left, right)), as in Keras."""
+
+    cropping: Any = ((0, 0), (0, 0))
+    keras_class: ClassVar[str] = "Cropping2D"
+
+    def __call__(self, x):
+        c = self.cropping
+        if isinstance(c, int):
+            c = ((c, c), (c, c))
+        elif isinstance(c[0], int):
+            c = ((c[0], c[0]), (c[1], c[1]))
+        (top, bottom), (left, right) = c
+        if top + bottom >= x.shape[1] or left + right >= x.shape[2]:
+            raise ValueError(
+                "Values in `cropping` argument should be smaller than the corresponding spatial dimension "
+                f"of the input. Received: inputs.shape={x.shape}, cropping={c}"
+            )
+        return x[:, top : x.shape[1] - bottom, left : x.shape[2] - right, :]
+
+
 def _pool_args(pool_size, strides, padding):
     window = (1, *_pair(pool_size), 1)
     strides = window if strides is None else (1, *_pair(strides), 1)
@@ -417,6 +438,8 @@ class BatchNormalization(KerasLayer):
 
     @nn.compact
     def __call__(self, x, training: bool = False):
+        # Keras' trainable=False: a frozen batch norm is in inference mode whatever ``training`` says.
+        training = training and self.name not in getattr(self.parent, "frozen", ())
         c = x.shape[-1]
         gamma = self.param("scale", ones, (c,)) if self.scale else None
         beta = self.param("bias", zeros, (c,)) if self.center else None

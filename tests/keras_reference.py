@@ -8,12 +8,15 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
 import functools  # noqa: E402
+import inspect  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import h5py  # noqa: E402
+import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
@@ -34,11 +37,31 @@ def keras_constructor(spec):
     return getattr(keras.applications, spec.keras_name)
 
 
-def build(spec, **kwargs) -> keras.Model:
+@contextlib.contextmanager
+def _placeholder_initializers():
+    """Initialise Keras variables with zeros from numpy instead of Keras' initializers, which compile a
+    random kernel per weight shape (seconds per model on CPU). Only for models :func:`randomize` overwrites."""
+    from keras.src.backend.common.variables import Variable
+
+    original = Variable._initialize_with_initializer
+
+    def zeros(self, initializer):
+        self._initialize(self._convert_to_tensor(np.zeros(self._shape, dtype=self._dtype)))
+
+    Variable._initialize_with_initializer = zeros
+    try:
+        yield
+    finally:
+        Variable._initialize_with_initializer = original
+
+
+def build(spec, *, placeholder_weights: bool = False, **kwargs) -> keras.Model:
     """The Keras model of ``spec`` with ``weights=None``, named as in a fresh Keras session (auto-named
-    layers such as ``conv2d_3`` are numbered per session). Random weights are set by :func:`randomize`."""
+    layers such as ``conv2d_3`` are numbered per session). ``placeholder_weights``: zeros, for a model
+    whose weights are all set afterwards (:func:`randomize`), built without Keras' initializers."""
     keras.backend.clear_session()
-    return keras_constructor(spec)(weights=None, **kwargs)
+    with _placeholder_initializers() if placeholder_weights else contextlib.nullcontext():
+        return keras_constructor(spec)(weights=None, **kwargs)
 
 
 def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
@@ -69,45 +92,89 @@ def save_legacy_h5(model: keras.Model, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def copy_weights(src: keras.Model, dst: keras.Model) -> keras.Model:
-    """Same-architecture weight copy (e.g. between pooling variants of one no-top model)."""
-    dst.set_weights(src.get_weights())
-    return dst
-
-
 def images(n: int, size: int | tuple[int, int], seed: int = 0) -> np.ndarray:
     """Random RGB images in [0, 255], float32, NHWC."""
     h, w = (size, size) if isinstance(size, int) else size
     return np.random.default_rng(seed).uniform(0, 255, (n, h, w, 3)).astype(np.float32)
 
 
-def run(model: keras.Model, x: np.ndarray, training: bool = False) -> np.ndarray:
-    return np.asarray(model(x, training=training))
+def _jitted(models: tuple[keras.Model, ...], training: bool):
+    """One jitted stateless call of ``models`` (sharing one set of weights), kept on the first model so it
+    lives and dies with it. Several models with the same weights compile together and XLA merges their
+    common layers: the three pooling variants of a no-top model cost one compilation."""
+    cache = models[0].__dict__.setdefault("_flaxzoo_jitted", {})
+    key = (tuple(id(m) for m in models), training)
+    if key not in cache:
+        cache[key] = jax.jit(lambda t, n, x: [m.stateless_call(t, n, x, training=training) for m in models])
+    return cache[key]
+
+
+def _state(model: keras.Model):
+    return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+
+
+def run_all(models: list[keras.Model], x: np.ndarray) -> list[np.ndarray]:
+    """Keras' inference outputs of models with identical weights (e.g. each pooling of one no-top model),
+    jitted as Keras' ``predict`` runs them (a stateless call under jit), in one compilation."""
+    outputs = _jitted(tuple(models), False)(*_state(models[0]), x)
+    return [jax.tree_util.tree_map(np.asarray, out) for out, _ in outputs]  # multi-output models: lists
+
+
+def run(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Keras' inference output, jitted (one compilation; an eager call compiles every layer's ops apart)."""
+    return run_all([model], x)[0]
+
+
+def run_eager(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """``model(x)`` op by op: bit-exact with flaxzoo's ``apply`` run outside jit."""
+    return np.asarray(model(x, training=False))
+
+
+def _with_features(model: keras.Model) -> keras.Model:
+    """``model`` with a second output: the classifier's input (the same layers and weights)."""
+    if "_flaxzoo_with_features" not in model.__dict__:
+        classifier = [layer for layer in model.layers if layer.weights][-1]
+        model.__dict__["_flaxzoo_with_features"] = keras.Model(model.input, [model.output, classifier.input])
+    return model.__dict__["_flaxzoo_with_features"]
 
 
 def calibrate_classifier(model: keras.Model, x: np.ndarray, logit_std: float = 1.5) -> keras.Model:
     """Rescale the classifier kernel so the logits on ``x`` have std ``logit_std``: random weights
     otherwise give a saturated softmax, against which a 1e-5 probability tolerance proves little."""
-    classifier = [layer for layer in model.layers if layer.weights][-1]
-    features = np.asarray(keras.Model(model.input, classifier.input)(x)).reshape(len(x), -1)
-    kernel = classifier.kernel
+    _, features = _jitted((_with_features(model),), False)(*_state(_with_features(model)), x)[0][0]
+    features = np.asarray(features).reshape(len(x), -1)
+    kernel = [layer for layer in model.layers if layer.weights][-1].kernel
     w = np.asarray(kernel).reshape(features.shape[1], -1)
     scale = logit_std / max(float(np.std(features @ w)), 1e-12)
     kernel.assign(np.asarray(kernel) * np.float32(scale))
     return model
 
 
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """:func:`run` for a model :func:`calibrate_classifier` has seen: reuses that compilation."""
+    return np.asarray(_jitted((_with_features(model),), False)(*_state(_with_features(model)), x)[0][0][0])
+
+
 def keras_preprocess(x: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode))
 
 
-def batch_stats(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
-    """Moving statistics of every BatchNormalization layer, in flaxzoo's naming."""
-    return {
-        layer.name: {"mean": np.asarray(layer.moving_mean), "var": np.asarray(layer.moving_variance)}
-        for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    }
+_STAT_NAMES = {"moving_mean": "mean", "moving_variance": "var"}
+
+
+def run_training(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """One training-mode forward pass as Keras trains (a jitted ``stateless_call``): the outputs and the
+    updated moving statistics of every BatchNormalization layer, in flaxzoo's naming. ``model`` is unchanged.
+
+    Jitted, because eager Keras rounds differently from any jitted run (Keras' own included) and ~100
+    training-mode batch norms over a small batch amplify that to ~1e-3 (InceptionV3 at 151 px, batch 2).
+    """
+    [(outputs, updated)] = _jitted((model,), True)(*_state(model), x)
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for variable, value in zip(model.non_trainable_variables, updated):
+        layer, var = variable.path.split("/")[-2:]  # NASNet nests paths in name scopes
+        stats.setdefault(layer, {})[_STAT_NAMES[var]] = np.asarray(value)
+    return np.asarray(outputs), stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,19 +189,57 @@ def _h5_dir() -> Path:
     return path
 
 
+_RECENT_MODELS: list[str] = []  # newest last
+_STORES: list[dict] = []
+KEEP_MODELS = 2  # VGG19 or NASNetLarge Keras models are GBs with their compilations: keep few around
+
+
+def per_model_cache(fn):
+    """Cache ``fn(name, ...)`` for the :data:`KEEP_MODELS` most recently used model names only.
+
+    Tests of one model run together (one xdist group), so older models are not asked for again soon;
+    when they are, they are rebuilt identically (fixed seeds)."""
+    signature = inspect.signature(fn)
+    store: dict = {}
+    _STORES.append(store)
+
+    @functools.wraps(fn)
+    def cached(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple(bound.arguments.values())
+        _use(key[0])
+        if key not in store:
+            store[key] = fn(*key)
+        return store[key]
+
+    return cached
+
+
+def _use(name: str) -> None:
+    if name in _RECENT_MODELS:
+        _RECENT_MODELS.remove(name)
+    _RECENT_MODELS.append(name)
+    while len(_RECENT_MODELS) > KEEP_MODELS:
+        evicted = _RECENT_MODELS.pop(0)
+        for store in _STORES:
+            for key in [k for k in store if k[0] == evicted]:
+                del store[key]
+
+
 def _spec(name):
     from flaxzoo.registry import get_spec
 
     return get_spec(name)
 
 
-@functools.cache
+@per_model_cache
 def reference_inputs(name: str, size: int, n: int = 2) -> np.ndarray:
     """``n`` random images at ``size``, preprocessed the Keras way for model ``name``."""
     return keras_preprocess(images(n, size, seed=size), _spec(name).preprocess_mode)
 
 
-@functools.cache
+@per_model_cache
 def reference_model(name: str, include_top: bool, size: int | None = None, pooling: str | None = None) -> keras.Model:
     """Randomised Keras model of registry model ``name`` (same seed, hence same weights, for every
     pooling). ``size=None`` with ``include_top=False`` gives Keras' dynamic (None, None, 3) input, except
@@ -144,13 +249,19 @@ def reference_model(name: str, include_top: bool, size: int | None = None, pooli
     kwargs = dict(include_top=include_top, pooling=pooling)
     if size is not None:
         kwargs["input_shape"] = (size, size, 3)
-    model = randomize(build(_spec(name), **kwargs), seed=0)
+    model = randomize(build(_spec(name), placeholder_weights=True, **kwargs), seed=0)
     if include_top:
         calibrate_classifier(model, reference_inputs(name, size or _spec(name).default_size))
     return model
 
 
-@functools.cache
+@per_model_cache
 def reference_h5(name: str, include_top: bool, size: int | None = None) -> Path:
     """The legacy .h5 of :func:`reference_model` (pooling does not change the weights)."""
     return save_legacy_h5(reference_model(name, include_top, size), _h5_dir() / f"{name}_{include_top}_{size}.h5")
+
+
+@per_model_cache
+def reference_probabilities(name: str, size: int) -> np.ndarray:
+    """Keras' output of the top :func:`reference_model` at ``size`` on :func:`reference_inputs`."""
+    return predict(reference_model(name, True, size), reference_inputs(name, size))

@@ -71,3 +71,17 @@ def test_unknown_pooling_returns_the_feature_map_like_keras(pooling):
     model, variables = create_model("vgg16", abstract=True, weights=None, include_top=False, pooling=pooling)
     out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"))
     assert out.shape == (1, 1, 1, 512)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_unusual_channel_count_warns_like_keras(name):
+    spec = get_spec(name)
+    kwargs = dict(weights=None, include_top=False, input_shape=(spec.default_size, spec.default_size, 4))
+    with pytest.warns(UserWarning) as ours:
+        create_model(name, abstract=True, **kwargs)
+    with pytest.warns(UserWarning) as theirs:
+        kr.keras_constructor(spec)(**kwargs)
+    message = "usually expects 1 or 3 input channels"
+    assert [str(w.message) for w in ours if message in str(w.message)] == [
+        str(w.message) for w in theirs if message in str(w.message)
+    ] != []

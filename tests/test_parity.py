@@ -2,7 +2,9 @@
 
 Random Keras weights with non-trivial batch-norm statistics → legacy .h5 (Keras' own writer) →
 flaxzoo → outputs compared: probabilities within 1e-5 absolute, features within 1e-4 relative
-(to the largest feature magnitude), at the default size and at one other (odd) size.
+(to the largest feature magnitude), at the default size, at one other (odd) size and (no top) at the
+minimum size. Both sides run jitted, as Keras' ``predict`` and training do; the three pooling variants
+of a no-top model share their weights and are compiled together on each side.
 """
 
 import functools
@@ -11,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from flaxzoo.registry import get_spec, list_models
+from flaxzoo.registry import create_model, get_spec, list_models
 
 import keras_reference as kr
 
@@ -24,8 +26,7 @@ def other_size(spec):
     return 2 * spec.min_size + 1
 
 
-def sizes(spec):
-    return [spec.default_size, other_size(spec)]
+SIZES = {"default": lambda spec: spec.default_size, "other": other_size, "min": lambda spec: spec.min_size}
 
 
 def notop_reference(name, size, pooling=None):
@@ -37,6 +38,12 @@ def notop_reference(name, size, pooling=None):
 def flax_apply(model, variables, x, **kwargs):
     with jax.default_matmul_precision("highest"):
         return jax.jit(functools.partial(model.apply, **kwargs))(variables, x)
+
+
+def flax_apply_all(models, variables, x):
+    """Several modules over one set of variables in one compilation (XLA merges their common layers)."""
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(lambda v, x: [m.apply(v, x) for m in models])(variables, x)
 
 
 def assert_features_close(ours, ref, rtol=1e-4):
@@ -52,9 +59,9 @@ def assert_features_close(ours, ref, rtol=1e-4):
 @pytest.mark.parametrize("size_kind", ["default", "other"])
 def test_top_probabilities_match_keras(name, size_kind):
     spec = get_spec(name)
-    size = spec.default_size if size_kind == "default" else other_size(spec)
+    size = SIZES[size_kind](spec)
     x = kr.reference_inputs(name, size)
-    ref = kr.run(kr.reference_model(name, True, size), x)
+    ref = kr.reference_probabilities(name, size)
     model, variables = spec.constructor(
         weights=kr.reference_h5(name, True, size), input_shape=None if size_kind == "default" else (size, size, 3)
     )
@@ -67,14 +74,18 @@ def test_top_probabilities_match_keras(name, size_kind):
 
 @pytest.mark.parity
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("pooling", POOLINGS)
-def test_features_match_keras(name, pooling):
+@pytest.mark.parametrize("size_kind", ["default", "other", "min"])
+def test_features_match_keras_with_each_pooling(name, size_kind):
+    """pooling None (the feature map), 'avg' and 'max', against Keras' models built with each."""
     spec = get_spec(name)
-    path = kr.reference_h5(name, False)
-    model, variables = spec.constructor(include_top=False, weights=path, pooling=pooling)
-    for size in sizes(spec):
-        x = kr.reference_inputs(name, size)
-        assert_features_close(flax_apply(model, variables, x), kr.run(notop_reference(name, size, pooling), x))
+    size = SIZES[size_kind](spec)
+    x = kr.reference_inputs(name, size)
+    _, variables = spec.constructor(include_top=False, weights=kr.reference_h5(name, False))
+    models = [create_model(name, abstract=True, weights=None, include_top=False, pooling=p)[0] for p in POOLINGS]
+    refs = kr.run_all([notop_reference(name, size, pooling) for pooling in POOLINGS], x)
+    for pooling, ours, ref in zip(POOLINGS, flax_apply_all(models, variables, x), refs):
+        assert ref.ndim == (4 if pooling is None else 2), pooling
+        assert_features_close(ours, ref)
 
 
 @pytest.mark.parity
@@ -82,16 +93,13 @@ def test_features_match_keras(name, pooling):
 def test_train_mode_matches_keras_and_updates_bn_statistics(name):
     """One training-mode forward pass: outputs (batch statistics) and the updated moving statistics."""
     spec = get_spec(name)
-    path = kr.reference_h5(name, False)
     size = other_size(spec)
-    static = (size, size, 3) if spec.shape_dependent else None
-    ref_model = kr.copy_weights(kr.reference_model(name, False), kr.build(spec, include_top=False, input_shape=static))
     x = kr.reference_inputs(name, size)
-    ref = kr.run(ref_model, x, training=True)
-    model, variables = spec.constructor(include_top=False, weights=path)
+    with jax.default_matmul_precision("highest"):
+        ref, ref_stats = kr.run_training(notop_reference(name, size), x)
+    model, variables = spec.constructor(include_top=False, weights=kr.reference_h5(name, False))
     out, updates = flax_apply(model, variables, x, train=True, mutable=["batch_stats"])
     assert_features_close(out, ref)
-    ref_stats = kr.batch_stats(ref_model)
     assert set(updates.get("batch_stats", {})) == set(ref_stats)
     for layer, stats in ref_stats.items():
         for var in ("mean", "var"):

@@ -41,5 +41,5 @@ def test_model_table_has_no_unregistered_rows():
 
 def test_ci_runs_the_readme_test_command():
     block = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```\s*<!-- /test-command -->", README, re.S)
-    assert block and block.group(1).strip() == "python -m pytest -q"
+    assert block and block.group(1).strip().startswith("python -m pytest -q")
     assert "test-command" in (ROOT / ".ci" / "run").read_text()

@@ -16,7 +16,7 @@ import pytest
 
 import flaxzoo
 from flaxzoo.errors import CheckpointError, WeightFileError
-from flaxzoo.graph import model_graph
+from flaxzoo.graph import registered_graph
 from flaxzoo.registry import get_spec
 from flaxzoo.weights import checkpoint, convert_file, md5sum
 from flaxzoo.weights.files import current_umask
@@ -28,7 +28,7 @@ MOBILENET_FILE = kr.SHARED_DATA / "mobilenet_2_5_224_tf_no_top.h5"
 
 
 def graph_of(name):
-    return model_graph(name, include_top=False)
+    return registered_graph(name, include_top=False)
 
 
 def tree_equal(a, b):

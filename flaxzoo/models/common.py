@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,12 @@ def obtain_input_shape(
     if input_shape is not None:
         input_shape = tuple(input_shape)
     if weights != "imagenet" and input_shape and len(input_shape) == 3:
+        if input_shape[-1] not in {1, 3}:
+            warnings.warn(
+                "This model usually expects 1 or 3 input channels. However, it was passed an input_shape "
+                f"with {input_shape[-1]} input channels.",
+                stacklevel=3,
+            )
         default_shape = (default_size, default_size, input_shape[-1])
     else:
         default_shape = (default_size, default_size, 3)
@@ -110,6 +117,22 @@ def validate_activation(classifier_activation: Any, weights: Any) -> None:
         )
 
 
+class Application(nn.Module):
+    """Base of every application module: the Keras constructor arguments that shape the head, and what
+    model surgery needs about the model as built (Keras' ``model.input_shape``, frozen layers)."""
+
+    include_top: bool = True
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | Callable | None = "softmax"
+    # Keras' ``model.input_shape`` without the batch: None dimensions take any size (traced at default_size).
+    input_shape: tuple[int | None, ...] = (None, None, 3)
+    default_size: int = 224
+    # Layers with Keras' ``trainable = False`` (see flaxzoo.freeze): their batch norms use and keep the
+    # moving statistics, also under ``train=True``.
+    frozen: frozenset[str] = frozenset()
+
+
 def pooling_head(x, pooling: str | None, avg_name: str | None = None, max_name: str | None = None):
     """``include_top=False``: 'avg' / 'max' global pooling; anything else returns the feature map, as in Keras.
 
@@ -139,7 +162,8 @@ def build_application(
 ) -> tuple[nn.Module, dict]:
     """Keras' constructor sequence: check arguments, build the module, then load or initialise variables.
 
-    ``make_module(include_top=, pooling=, classes=, classifier_activation=, name=)`` returns the Flax module.
+    ``make_module(include_top=, pooling=, classes=, classifier_activation=, name=, input_shape=,
+    default_size=)`` returns the Flax module (an :class:`Application`).
     ``input_tensor`` (an array or ``jax.ShapeDtypeStruct``) fixes the input shape and bypasses the
     shape checks, as in Keras.
     """
@@ -154,29 +178,32 @@ def build_application(
         classes=classes,
         classifier_activation=classifier_activation,
         name=name,
+        input_shape=input_shape_of(input_tensor, shape),
+        default_size=spec.default_size,
     )
-    return instantiate(spec, module, input_shape_of(input_tensor, shape), weights=weights, seed=seed)
+    return instantiate(spec, module, weights=weights, seed=seed)
 
 
 def input_shape_of(input_tensor: Any, checked_shape: tuple) -> tuple:
-    """The model's input shape: ``input_tensor``'s when given (as Keras, without the size checks)."""
-    return checked_shape if input_tensor is None else tuple(input_tensor.shape[1:])
+    """The model's input shape: ``input_tensor``'s when given (an array or ``jax.ShapeDtypeStruct``, batch
+    first), which as in Keras bypasses the size checks."""
+    if input_tensor is None:
+        return tuple(checked_shape)
+    shape = getattr(input_tensor, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            "`input_tensor` must be an array or jax.ShapeDtypeStruct of shape (batch, height, width, channels). "
+            f"Received: input_tensor={input_tensor!r}"
+        )
+    return tuple(None if d is None else int(d) for d in shape[1:])
 
 
 def instantiate(
-    spec: ModelSpec,
-    module: nn.Module,
-    shape: tuple,
-    *,
-    weights: Any,
-    seed: int,
-    variant: str | None = None,
-    default_size: int | None = None,
+    spec: ModelSpec, module: Application, *, weights: Any, seed: int, variant: str | None = None
 ) -> tuple[nn.Module, dict]:
-    """``(module, variables)``: variables from ``weights`` (None: random from ``seed``) for inputs of ``shape``
-    (None dimensions are traced at ``default_size``). ``variant`` names the published file for "imagenet"."""
-    size = default_size or spec.default_size
-    concrete = (1, *(size if d is None else d for d in shape))
+    """``(module, variables)``: variables from ``weights`` (None: random from ``seed``) for the module's
+    input shape (None dimensions traced at its default size). ``variant`` names the file for "imagenet"."""
+    concrete = (1, *(module.default_size if d is None else d for d in module.input_shape))
     if weights is None:
         rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
         x = jnp.zeros(concrete, jnp.float32)

@@ -3,7 +3,6 @@ stride on the first 1x1 convolution, biases on every convolution, batch-norm eps
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -20,7 +19,7 @@ from flaxzoo.layers import (
     MaxPooling2D,
     ZeroPadding2D,
 )
-from flaxzoo.models.common import build_application, pooling_head
+from flaxzoo.models.common import Application, build_application, pooling_head
 from flaxzoo.registry import keras_weights_file, register_model
 
 BatchNorm = partial(BatchNormalization, epsilon=1.001e-5)
@@ -52,14 +51,10 @@ def stack_residual_blocks_v1(x, filters, blocks, stride1=2, *, name, train):
     return x
 
 
-class ResNet(nn.Module):
+class ResNet(Application):
     """Keras' ``ResNet(stack_fn, preact=False, use_bias=True)``; ``blocks`` per stage (conv2..conv5)."""
 
     blocks: tuple[int, ...] = (3, 4, 6, 3)
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -3,27 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from flax import linen as nn
 
 from flaxzoo.layers import Conv2D, Dense, Flatten, InputLayer, MaxPooling2D
-from flaxzoo.models.common import build_application, pooling_head
+from flaxzoo.models.common import Application, build_application, pooling_head
 from flaxzoo.registry import keras_weights_file, register_model
 
 WIDTHS = (64, 128, 256, 512, 512)
 
 
-class VGG(nn.Module):
+class VGG(Application):
     """``convs`` per block: (2, 2, 3, 3, 3) is VGG16, (2, 2, 4, 4, 4) VGG19."""
 
     convs: tuple[int, ...] = (2, 2, 3, 3, 3)
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -3,7 +3,6 @@ blocks with 1x1-conv shortcuts, eight identical middle blocks, and an exit flow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from flax import linen as nn
@@ -20,7 +19,7 @@ from flaxzoo.layers import (
     MaxPooling2D,
     SeparableConv2D,
 )
-from flaxzoo.models.common import KerasMessages, build_application, pooling_head
+from flaxzoo.models.common import Application, KerasMessages, build_application, pooling_head
 from flaxzoo.registry import keras_weights_file, register_model
 
 
@@ -52,11 +51,7 @@ def middle_block(x, block, auto, train):
     return Add(name=auto(Add))([x, residual])
 
 
-class XceptionModule(nn.Module):
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | Callable | None = "softmax"
+class XceptionModule(Application):
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -34,6 +34,7 @@ __all__ = [
     "flaxzoo_home",
     "keras_home",
     "get_file",
+    "save_checkpoint",
 ]
 
 
@@ -104,3 +105,12 @@ def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, va
 def count_params(variables) -> int:
     """Keras' count_params(): every weight, trainable or not (batch-norm moving statistics included)."""
     return sum(int(np.prod(np.shape(v))) for v in jax.tree_util.tree_leaves(variables))
+
+
+def save_checkpoint(directory: str | os.PathLike, model: str, variables, *, variant: str | None = None) -> Path:
+    """Save ``variables`` of registered model ``model`` (e.g. after fine-tuning) as a flaxzoo checkpoint at
+    ``directory`` (which must not exist), written atomically; the constructors load it with ``weights=directory``."""
+    from flaxzoo.registry import get_spec
+
+    variables = jax.device_get({k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")})
+    return checkpoint.save(directory, variables, metadata(get_spec(model).name, variant, None))

@@ -1,0 +1,230 @@
+"""Inception v3 (Szegedy et al. 2015), as ``keras/src/applications/inception_v3.py``: a conv stem, three
+35x35 modules, a grid reduction, four 17x17 modules with factorised 7x7 convolutions, a second grid
+reduction and two 8x8 modules with expanded filter banks.
+
+Every convolution is Keras' ``conv2d_bn``: Conv (no bias) → BatchNorm (no gamma) → relu, and Keras builds
+all of them without names, so nearly every layer carries a Keras auto name (``conv2d_17``,
+``batch_normalization_17``, ``activation_17``, ``average_pooling2d_3``, ...). Those names depend on the
+order in which Keras creates the layers, which the functions below follow call for call.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from flax import linen as nn
+
+from flaxzoo.layers import (
+    Activation,
+    AutoNames,
+    AveragePooling2D,
+    BatchNormalization,
+    Concatenate,
+    Conv2D,
+    Dense,
+    GlobalAveragePooling2D,
+    InputLayer,
+    MaxPooling2D,
+)
+from flaxzoo.models.common import Application, KerasMessages, build_application, pooling_head
+from flaxzoo.registry import keras_weights_file, register_model
+
+BatchNorm = partial(BatchNormalization, scale=False)  # epsilon 1e-3, momentum 0.99: Keras' defaults
+
+
+def conv2d_bn(x, filters, num_row, num_col, auto, train, padding="same", strides=1):
+    """Conv ``num_row``x``num_col`` (no bias) → BN (no gamma) → relu, all three auto-named."""
+    x = Conv2D(
+        filters, (num_row, num_col), strides=strides, padding=padding, use_bias=False, name=auto(Conv2D)
+    )(x)
+    x = BatchNorm(name=auto(BatchNormalization))(x, train)
+    return Activation("relu", name=auto(Activation))(x)
+
+
+def avg_pool_branch(x, filters, auto, train):
+    """3x3/1 'same' average pooling (padding excluded from the mean) → 1x1 conv2d_bn."""
+    x = AveragePooling2D(3, strides=1, padding="same", name=auto(AveragePooling2D))(x)
+    return conv2d_bn(x, filters, 1, 1, auto, train)
+
+
+def mixed_35x35(x, pool_filters, name, auto, train):
+    """mixed0-2 (the paper's figure 5): 1x1 | 1x1 → 5x5 | 1x1 → 3x3 → 3x3 | avg pool → 1x1."""
+    branch1x1 = conv2d_bn(x, 64, 1, 1, auto, train)
+
+    branch5x5 = conv2d_bn(x, 48, 1, 1, auto, train)
+    branch5x5 = conv2d_bn(branch5x5, 64, 5, 5, auto, train)
+
+    branch3x3dbl = conv2d_bn(x, 64, 1, 1, auto, train)
+    branch3x3dbl = conv2d_bn(branch3x3dbl, 96, 3, 3, auto, train)
+    branch3x3dbl = conv2d_bn(branch3x3dbl, 96, 3, 3, auto, train)
+
+    branch_pool = avg_pool_branch(x, pool_filters, auto, train)
+    return Concatenate(name=name)([branch1x1, branch5x5, branch3x3dbl, branch_pool])
+
+
+def mixed3_reduction(x, auto, train):
+    """mixed3, 35x35 → 17x17: 3x3/2 | 1x1 → 3x3 → 3x3/2 | 3x3/2 max pool."""
+    branch3x3 = conv2d_bn(x, 384, 3, 3, auto, train, strides=2, padding="valid")
+
+    branch3x3dbl = conv2d_bn(x, 64, 1, 1, auto, train)
+    branch3x3dbl = conv2d_bn(branch3x3dbl, 96, 3, 3, auto, train)
+    branch3x3dbl = conv2d_bn(branch3x3dbl, 96, 3, 3, auto, train, strides=2, padding="valid")
+
+    branch_pool = MaxPooling2D(3, strides=2, name=auto(MaxPooling2D))(x)
+    return Concatenate(name="mixed3")([branch3x3, branch3x3dbl, branch_pool])
+
+
+def mixed_17x17(x, c, name, auto, train):
+    """mixed4-7 (figure 6, 7x7 factorised into 1x7 and 7x1; ``c`` inner channels):
+    1x1 | 1x1 → 1x7 → 7x1 | 1x1 → 7x1 → 1x7 → 7x1 → 1x7 | avg pool → 1x1."""
+    branch1x1 = conv2d_bn(x, 192, 1, 1, auto, train)
+
+    branch7x7 = conv2d_bn(x, c, 1, 1, auto, train)
+    branch7x7 = conv2d_bn(branch7x7, c, 1, 7, auto, train)
+    branch7x7 = conv2d_bn(branch7x7, 192, 7, 1, auto, train)
+
+    branch7x7dbl = conv2d_bn(x, c, 1, 1, auto, train)
+    branch7x7dbl = conv2d_bn(branch7x7dbl, c, 7, 1, auto, train)
+    branch7x7dbl = conv2d_bn(branch7x7dbl, c, 1, 7, auto, train)
+    branch7x7dbl = conv2d_bn(branch7x7dbl, c, 7, 1, auto, train)
+    branch7x7dbl = conv2d_bn(branch7x7dbl, 192, 1, 7, auto, train)
+
+    branch_pool = avg_pool_branch(x, 192, auto, train)
+    return Concatenate(name=name)([branch1x1, branch7x7, branch7x7dbl, branch_pool])
+
+
+def mixed8_reduction(x, auto, train):
+    """mixed8, 17x17 → 8x8: 1x1 → 3x3/2 | 1x1 → 1x7 → 7x1 → 3x3/2 | 3x3/2 max pool."""
+    branch3x3 = conv2d_bn(x, 192, 1, 1, auto, train)
+    branch3x3 = conv2d_bn(branch3x3, 320, 3, 3, auto, train, strides=2, padding="valid")
+
+    branch7x7x3 = conv2d_bn(x, 192, 1, 1, auto, train)
+    branch7x7x3 = conv2d_bn(branch7x7x3, 192, 1, 7, auto, train)
+    branch7x7x3 = conv2d_bn(branch7x7x3, 192, 7, 1, auto, train)
+    branch7x7x3 = conv2d_bn(branch7x7x3, 192, 3, 3, auto, train, strides=2, padding="valid")
+
+    branch_pool = MaxPooling2D(3, strides=2, name=auto(MaxPooling2D))(x)
+    return Concatenate(name="mixed8")([branch3x3, branch7x7x3, branch_pool])
+
+
+def mixed_8x8(x, i, auto, train):
+    """mixed9 (i=0) and mixed10 (i=1) (figure 7, the 3x3s split into parallel 1x3 and 3x1):
+    1x1 | 1x1 → [1x3, 3x1] | 1x1 → 3x3 → [1x3, 3x1] | avg pool → 1x1.
+
+    Keras names the first inner concatenation ``mixed9_{i}`` (so mixed10's is ``mixed9_1``) and leaves the
+    second unnamed (``concatenate``, ``concatenate_1``).
+    """
+    branch1x1 = conv2d_bn(x, 320, 1, 1, auto, train)
+
+    branch3x3 = conv2d_bn(x, 384, 1, 1, auto, train)
+    branch3x3_1 = conv2d_bn(branch3x3, 384, 1, 3, auto, train)
+    branch3x3_2 = conv2d_bn(branch3x3, 384, 3, 1, auto, train)
+    branch3x3 = Concatenate(name=f"mixed9_{i}")([branch3x3_1, branch3x3_2])
+
+    branch3x3dbl = conv2d_bn(x, 448, 1, 1, auto, train)
+    branch3x3dbl = conv2d_bn(branch3x3dbl, 384, 3, 3, auto, train)
+    branch3x3dbl_1 = conv2d_bn(branch3x3dbl, 384, 1, 3, auto, train)
+    branch3x3dbl_2 = conv2d_bn(branch3x3dbl, 384, 3, 1, auto, train)
+    branch3x3dbl = Concatenate(name=auto(Concatenate))([branch3x3dbl_1, branch3x3dbl_2])
+
+    branch_pool = avg_pool_branch(x, 192, auto, train)
+    return Concatenate(name=f"mixed{9 + i}")([branch1x1, branch3x3, branch3x3dbl, branch_pool])
+
+
+class InceptionV3Module(Application):
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        auto = AutoNames()
+        x = InputLayer(name="input_layer")(x)
+        x = conv2d_bn(x, 32, 3, 3, auto, train, strides=2, padding="valid")
+        x = conv2d_bn(x, 32, 3, 3, auto, train, padding="valid")
+        x = conv2d_bn(x, 64, 3, 3, auto, train)
+        x = MaxPooling2D(3, strides=2, name=auto(MaxPooling2D))(x)
+        x = conv2d_bn(x, 80, 1, 1, auto, train, padding="valid")
+        x = conv2d_bn(x, 192, 3, 3, auto, train, padding="valid")
+        x = MaxPooling2D(3, strides=2, name=auto(MaxPooling2D))(x)
+
+        for i, pool_filters in enumerate((32, 64, 64)):  # 35x35x256, 288, 288
+            x = mixed_35x35(x, pool_filters, f"mixed{i}", auto, train)
+        x = mixed3_reduction(x, auto, train)  # 17x17x768
+        for i, c in enumerate((128, 160, 160, 192), start=4):  # 17x17x768
+            x = mixed_17x17(x, c, f"mixed{i}", auto, train)
+        x = mixed8_reduction(x, auto, train)  # 8x8x1280
+        for i in range(2):  # 8x8x2048
+            x = mixed_8x8(x, i, auto, train)
+
+        if self.include_top:
+            x = GlobalAveragePooling2D(name="avg_pool")(x)
+            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
+        return pooling_head(x, self.pooling)
+
+
+MESSAGES = KerasMessages(
+    weights=(
+        "The `weights` argument should be either `None` (random initialization), `imagenet` "
+        "(pre-training on ImageNet), or the path to the weights file to be loaded; "
+        "Received: weights={weights}"
+    ),
+    classes=(
+        'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. '
+        "Received classes={classes}"
+    ),
+)
+
+
+@register_model(
+    name="inception_v3",
+    module="flaxzoo.inception_v3",
+    default_size=299,
+    min_size=75,
+    preprocess_mode="tf",
+    params=23_851_784,
+    params_notop=21_802_784,
+    depth=189,
+    top1=0.779,
+    top5=0.937,
+    flops=11_426_432_192,
+    weights={
+        "top": keras_weights_file(
+            "inception_v3_weights_tf_dim_ordering_tf_kernels.h5", "inception_v3", "9a0d58056eeedaa3f26cb7ebd46da564"
+        ),
+        "notop": keras_weights_file(
+            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "inception_v3",
+            "bcbd6486424b2319ff4ef7d526e38f63",
+        ),
+    },
+)
+def InceptionV3(
+    include_top: bool = True,
+    weights: Any = "imagenet",
+    input_tensor: Any = None,
+    input_shape: Any = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: Any = "softmax",
+    name: str = "inception_v3",
+    *,
+    seed: int = 0,
+):
+    """Instantiates Inception v3 (keras.applications.InceptionV3); returns ``(model, variables)``.
+
+    ``weights``: None (random, from ``seed``), "imagenet", a Keras ``.h5`` path or a flaxzoo checkpoint directory.
+    Inputs are ``preprocess_input``-ed NHWC float images (tf mode: [-1, 1]), at least 75x75.
+    """
+    return build_application(
+        InceptionV3.spec,
+        InceptionV3Module,
+        include_top=include_top,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        name=name,
+        seed=seed,
+        messages=MESSAGES,
+    )

@@ -1,0 +1,111 @@
+"""The five examples of the Keras applications documentation (examples/) run offline, on weights the test
+writes (random flaxzoo checkpoints) and tiny data; the fine-tuning example's loss goes down."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import flaxzoo
+from flaxzoo.registry import create_model
+
+import keras_reference as kr
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ELEPHANT = str(kr.SHARED_DATA / "elephant.jpg")
+CLASS_INDEX = str(kr.SHARED_DATA / "imagenet_class_index.json")
+
+
+def example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (flax modules) look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_checkpoint(directory, name, **kwargs) -> str:
+    """A flaxzoo checkpoint of random variables for ``create_model(name, **kwargs)``: numpy draws, scaled
+    by fan-in (no initialiser compilation), batch norms at identity statistics."""
+    _, abstract = create_model(name, abstract=True, weights=None, **kwargs)
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        kind, shape = path[-1].key, leaf.shape
+        if kind in ("var", "scale"):
+            return np.ones(shape, np.float32)
+        if kind in ("mean", "bias"):
+            return np.zeros(shape, np.float32)
+        fan_in = int(np.prod(shape[:-1]))
+        return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(draw, abstract)
+    variant = "top" if kwargs.get("include_top", True) else "notop"
+    return str(flaxzoo.save_checkpoint(Path(directory) / name, name, variables, variant=variant))
+
+
+def test_example_classify_resnet50(tmp_path, capsys):
+    weights = random_checkpoint(tmp_path, "resnet50")
+    decoded = example("classify_resnet50").main([ELEPHANT, "--weights", weights, "--class-index", CLASS_INDEX])
+    assert len(decoded) == 3 and all(len(entry) == 3 for entry in decoded)
+    assert "Predicted:" in capsys.readouterr().out
+
+
+def test_example_vgg16_features(tmp_path):
+    weights = random_checkpoint(tmp_path, "vgg16", include_top=False)
+    features = example("vgg16_features").main([ELEPHANT, "--weights", weights, "--image-size", "64"])
+    assert features.shape == (1, 2, 2, 512)
+    pooled = example("vgg16_features").main([ELEPHANT, "--weights", weights, "--image-size", "64", "--pooling", "avg"])
+    np.testing.assert_allclose(pooled, features.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_example_vgg19_block4_pool(tmp_path):
+    """The classifier's shape follows the input size: weights made for 32x32 keep the checkpoint small."""
+    weights = random_checkpoint(tmp_path, "vgg19", input_shape=(32, 32, 3))
+    features = example("vgg19_block4_pool").main([ELEPHANT, "--weights", weights, "--image-size", "32"])
+    assert features.shape == (1, 2, 2, 512)
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class=4, size=80) -> Path:
+    """Tiny, learnable classes: each a colour with noise (a JPEG and a PNG per class, the rest JPEG)."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.array([200, 40, 40]) if c == 0 else np.array([40, 40, 200])
+            pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i == 0 else 'jpg'}")
+    (root / "notes.txt").write_text("not a class folder")
+    return root
+
+
+@pytest.mark.parametrize("name", ["inception_v3"])  # the inception_v3 test group
+def test_example_finetune_inception_v3_loss_goes_down(tmp_path, name, capsys):
+    weights = random_checkpoint(tmp_path, name, include_top=False)
+    data = write_image_folder(tmp_path / "train")
+    argv = ["--data", str(data), "--weights", weights, "--image-size", "75", "--steps", "4", "2", "--batch-size", "8"]
+    losses_1, losses_2 = example("finetune_inception_v3").main(argv)
+    assert losses_1[-1] < losses_1[0]
+    assert losses_2[-1] < losses_1[0]
+    out = capsys.readouterr().out
+    assert "8 images, 2 classes: cat, dog" in out
+    assert "left as initialised (4)" in out  # the new head: dense and predictions, kernel and bias
+
+
+@pytest.mark.parametrize("name", ["inception_v3"])
+def test_example_inception_v3_custom_input_tensor(tmp_path, name):
+    weights = random_checkpoint(tmp_path, name)
+    preds = example("inception_v3_custom_input").main([ELEPHANT, "--weights", weights, "--class-index", CLASS_INDEX])
+    assert preds.shape == (1, 1000)
+    np.testing.assert_allclose(np.asarray(preds).sum(), 1.0, rtol=1e-5)
+
+
+def test_every_example_is_tested_and_documented():
+    tested = {n.removeprefix("test_example_") for n in globals() if n.startswith("test_example_")}
+    for path in EXAMPLES.glob("*.py"):
+        assert any(t.startswith(path.stem) for t in tested), f"{path.name} has no test"
+        assert example(path.stem).__doc__.strip(), f"{path.name} has no docstring"
