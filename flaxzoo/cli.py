@@ -5,6 +5,7 @@
     flaxzoo list
     flaxzoo info resnet50
     flaxzoo summary inception_v3 [--notop] [--pooling avg] [--input-shape 224,224,3] [--freeze-until mixed8]
+    flaxzoo finetune --model mobilenet --data train/ --val-data val/ --freeze-until conv_pw_13_relu --epochs 5
 
 Errors (every ``ValueError``, flaxzoo's own errors included, and unreadable files) are reported as one
 ``flaxzoo: error: <message>`` line on stderr with exit status 2. The small functions below (building a
@@ -280,6 +281,28 @@ def cmd_summary(args) -> None:
     summary(model)
 
 
+def cmd_finetune(args) -> None:
+    if args.distributed:
+        from flaxzoo.sharding import initialize
+
+        initialize()  # before anything touches a device
+    from flaxzoo.train.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        model=args.model, data=args.data, weights=None if args.weights.lower() == "none" else args.weights,
+        val_data=args.val_data, image_size=args.image_size, classes=args.classes,
+        freeze_until=parse_frozen(args.freeze_until), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, bf16=args.bf16, label_smoothing=args.label_smoothing,
+        accum_steps=args.accum_steps, augment=not args.no_augment, seed=args.seed,
+        checkpoint_dir=args.checkpoint_dir, save_every=args.save_every, keep=args.keep,
+        metrics_out=args.metrics_out, export=args.export, progress=not args.quiet, workers=args.workers,
+    )  # fmt: skip
+    result = finetune(cfg)
+    last = result["epochs"][-1] if result["epochs"] else {}
+    summary_line = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.endswith(("loss", "accuracy")))
+    print(f"done: {len(result['epochs'])} epochs; {summary_line}" + (f"; exported to {result['export']}" if "export" in result else ""))
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flaxzoo", description="Keras Applications ImageNet models in Flax, with Keras-exact weights."
@@ -324,6 +347,37 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-until", metavar="LAYER|N",
                    help="count the first N layers, or those up to and including LAYER, as non-trainable")  # fmt: skip
     p.set_defaults(func=cmd_summary)
+
+    from flaxzoo.train.state import OPTIMIZERS
+
+    p = sub.add_parser("finetune", help="fine-tune a model on an image folder (one sub-folder per class)")
+    p.add_argument("--model", required=True, help="registry or Keras name")
+    p.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'none', a Keras .h5 or a flaxzoo checkpoint")
+    p.add_argument("--data", required=True, metavar="DIR", help="training images, one sub-folder per class")
+    p.add_argument("--val-data", metavar="DIR", help="validation images, the same class sub-folders")
+    p.add_argument("--image-size", type=int, help="square input size (default: the model's)")
+    p.add_argument("--classes", type=int, help="number of classes (default: the number of class folders)")
+    p.add_argument("--freeze-until", metavar="LAYER|N", help="freeze the first N layers, or those up to and including LAYER")
+    p.add_argument("--epochs", type=int, default=1, help="total epochs (a resumed run continues up to it)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size, over all devices and hosts")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation micro-batches per step")
+    p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoints (resumes from the latest one there)")
+    p.add_argument("--save-every", type=int, default=500, metavar="STEPS", help="checkpoint interval (default 500)")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
+    p.add_argument("--metrics-out", metavar="FILE", help="metrics JSON (a PNG plot is written beside it)")
+    p.add_argument("--export", metavar="DIR", help="flaxzoo checkpoint of the result (default: CHECKPOINT_DIR/export)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: jax.distributed.initialize() (auto-detected, or FLAXZOO_COORDINATOR, "
+                        "FLAXZOO_NUM_PROCESSES, FLAXZOO_PROCESS_ID)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=8, help="image decoding threads per process")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

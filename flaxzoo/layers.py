@@ -14,6 +14,8 @@ TF 'SAME' padding, Keras' batch-norm formula, average pooling that excludes padd
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -415,6 +417,21 @@ class Dense(KerasLayer):
         return int(np.prod(out_shape)) * in_shapes[0][-1]
 
 
+_BATCH_AXIS_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("flaxzoo_batch_axis", default=None)
+
+
+@contextlib.contextmanager
+def cross_replica_batch_norm(axis_name: str):
+    """Within this context (around a function traced by ``jax.pmap(..., axis_name=axis_name)``), training-mode
+    batch norms normalise with the statistics of the whole batch across devices, as a jit step over a
+    sharded global batch does."""
+    token = _BATCH_AXIS_NAME.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_AXIS_NAME.reset(token)
+
+
 class BatchNormalization(KerasLayer):
     """keras.layers.BatchNormalization over the last axis.
 
@@ -451,7 +468,12 @@ class BatchNormalization(KerasLayer):
         if training:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axes)
-            var = jnp.var(x, axis=axes)
+            axis_name = _BATCH_AXIS_NAME.get()
+            if axis_name is not None:  # statistics of the global batch, from equal per-device shards
+                mean = jax.lax.pmean(mean, axis_name)
+                var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axes), axis_name)
+            else:
+                var = jnp.var(x, axis=axes)
             if not self.is_initializing():
                 m = self.momentum
                 moving_mean.value = moving_mean.value * m + mean * (1.0 - m)

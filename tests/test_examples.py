@@ -5,15 +5,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-import flaxzoo
-from flaxzoo.registry import create_model
 
 import keras_reference as kr
+from random_weights import random_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ELEPHANT = str(kr.SHARED_DATA / "elephant.jpg")
@@ -26,26 +24,6 @@ def example(name):
     sys.modules[spec.name] = module  # dataclasses (flax modules) look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def random_checkpoint(directory, name, **kwargs) -> str:
-    """A flaxzoo checkpoint of random variables for ``create_model(name, **kwargs)``: numpy draws, scaled
-    by fan-in (no initialiser compilation), batch norms at identity statistics."""
-    _, abstract = create_model(name, abstract=True, weights=None, **kwargs)
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        kind, shape = path[-1].key, leaf.shape
-        if kind in ("var", "scale"):
-            return np.ones(shape, np.float32)
-        if kind in ("mean", "bias"):
-            return np.zeros(shape, np.float32)
-        fan_in = int(np.prod(shape[:-1]))
-        return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(draw, abstract)
-    variant = "top" if kwargs.get("include_top", True) else "notop"
-    return str(flaxzoo.save_checkpoint(Path(directory) / name, name, variables, variant=variant))
 
 
 def test_example_classify_resnet50(tmp_path, capsys):

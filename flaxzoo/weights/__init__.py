@@ -107,10 +107,13 @@ def count_params(variables) -> int:
     return sum(int(np.prod(np.shape(v))) for v in jax.tree_util.tree_leaves(variables))
 
 
-def save_checkpoint(directory: str | os.PathLike, model: str, variables, *, variant: str | None = None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike, model: str, variables, *, variant: str | None = None, **extra
+) -> Path:
     """Save ``variables`` of registered model ``model`` (e.g. after fine-tuning) as a flaxzoo checkpoint at
-    ``directory`` (which must not exist), written atomically; the constructors load it with ``weights=directory``."""
+    ``directory`` (which must not exist), written atomically; the constructors load it with ``weights=directory``.
+    ``extra`` (JSON values, e.g. ``classes``) is added to the metadata record."""
     from flaxzoo.registry import get_spec
 
     variables = jax.device_get({k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")})
-    return checkpoint.save(directory, variables, metadata(get_spec(model).name, variant, None))
+    return checkpoint.save(directory, variables, {**metadata(get_spec(model).name, variant, None), **extra})

@@ -33,6 +33,14 @@ def _shapes(tree) -> dict[str, list[int]]:
     return {"/".join(str(getattr(k, "key", k)) for k in path): list(np.shape(v)) for path, v in flat}
 
 
+def _solo():
+    """Orbax options for a checkpoint this process reads or writes alone, also within a multi-process job
+    (flaxzoo checkpoints hold host values: no cross-host barrier)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / METADATA_FILE).is_file()
 
@@ -50,7 +58,7 @@ def save(directory: str | os.PathLike, variables: dict, metadata: dict[str, Any]
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer(multiprocessing_options=_solo()) as ckptr:
             ckptr.save(tmp / STATE_DIR, variables)
             ckptr.wait_until_finished()
         record = dict(metadata, variables=_shapes(variables))
@@ -97,7 +105,7 @@ def restore(directory: str | os.PathLike, abstract_variables: dict | None = None
                 f"wrong shape {[(k, stored[k], expected[k]) for k in wrong]}"
             )
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer(multiprocessing_options=_solo()) as ckptr:
             variables = ckptr.restore(directory / STATE_DIR, abstract_variables)
     except Exception as e:  # orbax raises many types for a damaged directory
         raise CheckpointError(f"{directory}: cannot restore the orbax state ({type(e).__name__}: {e})") from None

@@ -1,0 +1,232 @@
+"""``flaxzoo finetune``: fine-tune a registered model on an image folder, on one device or many hosts.
+
+The model is the Keras constructor's with its own classifier (``include_top=True``, ``classes`` new
+classes, logits), its body loaded from the no-top (or top) pretrained weights; the classifier starts
+from its initialiser. Layers up to ``freeze_until`` are frozen (Keras' ``trainable=False``: no update,
+batch norms in inference mode). Steps are jit over a ``data`` mesh of every device of every process; each
+process reads its own slice of every global batch. The run checkpoints every N steps and at each epoch's
+end and resumes from the latest checkpoint (``epochs`` is the total); at the end it writes the metrics
+(JSON and PNG) and exports a flaxzoo checkpoint that the constructor loads with ``weights=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxzoo import sharding
+from flaxzoo.registry import ModelSpec, get_spec
+from flaxzoo.surgery import TransferReport, freeze, load_pretrained, trainable_mask
+from flaxzoo.train import data as data_lib
+from flaxzoo.train.checkpoints import TrainCheckpoints
+from flaxzoo.train.report import Progress, plot_metrics, write_metrics
+from flaxzoo.train.state import create_train_state, make_optimizer
+from flaxzoo.train.steps import StepConfig, make_steps
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    model: str
+    data: str
+    weights: str | None = "imagenet"  # "imagenet", None / "none", a Keras .h5 or a flaxzoo checkpoint
+    val_data: str | None = None
+    image_size: int | None = None  # default: the model's default size
+    classes: int | None = None  # default: the number of class folders
+    freeze_until: str | int | None = None
+    epochs: int = 1
+    batch_size: int = 32  # global
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    bf16: bool = False
+    label_smoothing: float = 0.0
+    accum_steps: int = 1
+    augment: bool = True
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    save_every: int = 500  # steps
+    keep: int = 3
+    metrics_out: str | None = None
+    export: str | None = None
+    progress: bool = True
+    workers: int = 8
+
+
+def _host(tree):
+    """Replicated global arrays → numpy, on any process (every process holds a full copy)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def _pretrained(spec: ModelSpec, weights: str, image_size: int) -> dict:
+    """Variables from "imagenet" (the no-top file), a Keras .h5 (top or no-top) or a flaxzoo checkpoint."""
+    from flaxzoo.weights import checkpoint
+
+    shape = (image_size, image_size, 3)
+    if weights == "imagenet":
+        return spec.constructor(include_top=False, weights="imagenet", input_shape=shape)[1]
+    path = Path(weights)
+    if checkpoint.is_checkpoint(path):
+        meta = checkpoint.read_metadata(path)
+        include_top = meta.get("variant") != "notop"
+        kwargs = dict(classes=meta.get("classes", 1000)) if include_top else {}
+        return spec.constructor(include_top=include_top, weights=str(path), input_shape=shape, **kwargs)[1]
+    if path.is_file():
+        from flaxzoo.cli import infer_variant
+
+        variant, _ = infer_variant(spec, path)
+        return spec.constructor(include_top=variant == "top", weights=str(path), input_shape=shape)[1]
+    raise ValueError(f"{weights}: no such weights file or checkpoint directory (or use 'imagenet' or 'none')")
+
+
+def build_model(spec: ModelSpec, classes: int, image_size: int, weights: str | None, seed: int = 0):
+    """(model returning logits, variables, transfer report): Keras' classifier for ``classes``, the body pretrained."""
+    model, variables = spec.constructor(
+        include_top=True, weights=None, classes=classes, classifier_activation=None,
+        input_shape=(image_size, image_size, 3), seed=seed,
+    )  # fmt: skip
+    variables = jax.device_get(variables)
+    if weights is None or str(weights).lower() == "none":
+        return model, variables, None
+    variables, report = load_pretrained(variables, _pretrained(spec, weights, image_size), strict_shapes=False)
+    return model, variables, report
+
+
+def _evaluate(steps, state, source, cfg, spec, size, mesh) -> dict:
+    sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for local in data_lib.eval_batches(
+        source, global_batch_size=cfg.batch_size, image_size=size, preprocess_mode=spec.preprocess_mode,
+        process_index=jax.process_index(), process_count=jax.process_count(), num_threads=cfg.workers,
+    ):  # fmt: skip
+        out = steps.eval(state, sharding.global_batch(local, mesh))
+        for k in sums:
+            sums[k] += float(_host(out[k]))
+    count = max(sums["count"], 1.0)
+    return {"eval_loss": sums["loss_sum"] / count, "eval_accuracy": sums["correct"] / count}
+
+
+def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
+    """Run (or resume) a fine-tuning job; returns ``{"epochs": [...], "export": path, ...}``."""
+    spec = get_spec(cfg.model)
+    size = cfg.image_size or spec.default_size
+    main_process = jax.process_index() == 0
+    say = log if main_process else (lambda *a, **k: None)
+
+    train_set = data_lib.scan_image_folder(cfg.data, workers=cfg.workers)
+    say(f"train: {cfg.data}: {train_set.report}; classes: {', '.join(train_set.class_names)}")
+    for path, reason in train_set.report.skipped:
+        say(f"  skipped {path}: {reason}")
+    val_set = None
+    if cfg.val_data:
+        val_set = data_lib.scan_image_folder(cfg.val_data, class_names=train_set.class_names, workers=cfg.workers)
+        say(f"val: {cfg.val_data}: {val_set.report}")
+    classes = cfg.classes or len(train_set.class_names)
+    if classes < len(train_set.class_names):
+        raise ValueError(f"--classes {classes} is fewer than the {len(train_set.class_names)} class folders")
+
+    model, variables, transfer = build_model(spec, classes, size, cfg.weights, cfg.seed)
+    if isinstance(transfer, TransferReport):
+        say(f"weights {cfg.weights}: {len(transfer.loaded)} arrays loaded; new: {', '.join(transfer.not_in_pretrained) or 'none'}")
+    if cfg.freeze_until is not None:
+        model = freeze(model, cfg.freeze_until)
+    mask = trainable_mask(model, variables)
+    tx = make_optimizer(cfg.optimizer, cfg.lr, mask=mask)
+    mesh = sharding.data_mesh()
+    steps = make_steps(
+        model, tx, mesh,
+        StepConfig(label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps,
+                   compute_dtype=jnp.bfloat16 if cfg.bf16 else None, trainable=mask),
+    )  # fmt: skip
+    state = create_train_state(variables, tx, cfg.seed)
+    n_steps = data_lib.steps_per_epoch(len(train_set), cfg.batch_size)
+    say(f"{spec.keras_name} at {size}x{size}, {classes} classes; {jax.device_count()} devices on "
+        f"{jax.process_count()} processes; {n_steps} steps of {cfg.batch_size} per epoch")  # fmt: skip
+
+    history: list[dict] = []
+    epoch, start_step, partial = 0, 0, None
+    ckpts = TrainCheckpoints(cfg.checkpoint_dir, save_every_steps=cfg.save_every, keep=cfg.keep) if cfg.checkpoint_dir else None
+    if ckpts is not None and ckpts.latest_step() is not None:
+        state, record = ckpts.restore(state, sharding.replicated(mesh))
+        epoch, start_step = record["epoch"], record["step_in_epoch"]
+        history, partial = record["history"], record.get("partial")
+        say(f"resumed from {cfg.checkpoint_dir} at step {ckpts.latest_step()} (epoch {epoch + 1}, step {start_step})")
+    else:
+        state = sharding.replicate(state, mesh)
+
+    augment = data_lib.Augment() if cfg.augment else None
+    try:
+        while epoch < cfg.epochs:
+            progress = Progress(epoch + 1, cfg.epochs, n_steps, enabled=main_process and cfg.progress)
+            sums = dict(partial or {"loss_sum": 0.0, "correct": 0.0, "count": 0.0})
+            started = time.perf_counter()
+            batches = data_lib.train_batches(
+                train_set, global_batch_size=cfg.batch_size, image_size=size, preprocess_mode=spec.preprocess_mode,
+                epoch=epoch, seed=cfg.seed, augment=augment, start_step=start_step,
+                process_index=jax.process_index(), process_count=jax.process_count(), num_threads=cfg.workers,
+            )  # fmt: skip
+            for k, local in enumerate(batches, start=start_step):
+                state, metrics = steps.train(state, sharding.global_batch(local, mesh))
+                m = {key: float(_host(v)) for key, v in metrics.items()}
+                sums["loss_sum"] += m["loss"] * m["count"]
+                sums["correct"] += m["accuracy"] * m["count"]
+                sums["count"] += m["count"]
+                progress.update(k + 1, int(m["count"]), sums["loss_sum"] / sums["count"], sums["correct"] / sums["count"])
+                if ckpts is not None and k + 1 < n_steps:
+                    record = {"epoch": epoch, "step_in_epoch": k + 1, "history": history, "partial": sums}
+                    ckpts.save(epoch * n_steps + k + 1, state, record)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": sums["loss_sum"] / max(sums["count"], 1),
+                "train_accuracy": sums["correct"] / max(sums["count"], 1),
+                "images_per_second": progress.images_per_second,
+                "seconds": time.perf_counter() - started,
+            }
+            if val_set is not None:
+                row.update(_evaluate(steps, state, val_set, cfg, spec, size, mesh))
+            progress.close(f"  val acc {row['eval_accuracy']:.4f}" if "eval_accuracy" in row else "")
+            history.append(row)
+            epoch, start_step, partial = epoch + 1, 0, None
+            if ckpts is not None:
+                ckpts.save(epoch * n_steps, state, {"epoch": epoch, "step_in_epoch": 0, "history": history}, force=True)
+            if cfg.metrics_out and main_process:
+                write_metrics(cfg.metrics_out, history, model=spec.name, classes=list(train_set.class_names))
+                plot_metrics(Path(cfg.metrics_out).with_suffix(".png"), history)
+    finally:
+        if ckpts is not None:
+            ckpts.close()
+
+    result: dict[str, Any] = {"epochs": history, "class_names": list(train_set.class_names)}
+    export = cfg.export or (str(Path(cfg.checkpoint_dir) / "export") if cfg.checkpoint_dir else None)
+    if export:
+        result["export"] = export_model(export, spec, state, classes, size, train_set.class_names) if main_process else export
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("flaxzoo finetune done")
+    return result
+
+
+def export_model(directory, spec: ModelSpec, state, classes: int, image_size: int, class_names) -> str:
+    """The fine-tuned variables as a flaxzoo checkpoint: ``Constructor(weights=directory, classes=classes)``
+    (plus ``input_shape`` where the classifier depends on the size, as VGG's) loads it. Replaces ``directory``."""
+    import shutil
+
+    from flaxzoo.weights import save_checkpoint
+
+    directory = Path(directory)
+    variables = _host(state.variables)
+    extra = dict(classes=classes, image_size=image_size, class_names=list(class_names))
+    staging = directory.with_name(f".{directory.name}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(staging, spec.name, variables, variant="top", **extra)
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return str(directory)

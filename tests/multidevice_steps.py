@@ -1,0 +1,69 @@
+"""Run by test_train in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller): one train
+step on one device, on an 8-device mesh (jit + NamedSharding) and under pmap, on the same global batch;
+then a checkpoint written from the 8-device mesh restored onto 1 device. Prints a JSON report."""
+
+import json
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+import flaxzoo
+from flaxzoo import sharding, train
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    model, variables = flaxzoo.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, dropout=0.0, weights=None, classes=5, classifier_activation=None
+    )
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32), "label": rng.integers(0, 5, 16).astype(np.int32)}
+    tx = train.make_optimizer("momentum", 1e-3)
+    state = train.create_train_state(variables, tx)
+
+    def jit_step(devices):
+        mesh = sharding.data_mesh(devices)
+        steps = train.make_steps(model, tx, mesh)
+        new, metrics = steps.train(sharding.replicate(state, mesh), sharding.global_batch(batch, mesh))
+        return jax.device_get(new), jax.device_get(metrics)
+
+    one, m_one = jit_step(jax.devices()[:1])
+    eight, m_eight = jit_step(jax.devices())
+
+    steps = train.make_pmap_steps(model, tx)
+    new, m_pmap = steps.train(sharding.pmap_replicate(state), sharding.pmap_split(batch))
+    pmapped, m_pmap = jax.device_get(sharding.pmap_unreplicate(new)), jax.device_get(sharding.pmap_unreplicate(m_pmap))
+
+    def max_diff(a, b):
+        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+                   zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))  # fmt: skip
+
+    def moved(a):
+        return max_diff(a.params, state.params)
+
+    report = {
+        "jit8_vs_1": max_diff((eight.params, eight.batch_stats), (one.params, one.batch_stats)),
+        "pmap_vs_1": max_diff((pmapped.params, pmapped.batch_stats), (one.params, one.batch_stats)),
+        "moved": moved(one),
+        "loss": [float(m_one["loss"]), float(m_eight["loss"]), float(m_pmap["loss"])],
+    }
+
+    # A checkpoint saved from the 8-device mesh, restored onto one device.
+    mesh8 = sharding.data_mesh()
+    replicated = sharding.replicate(eight, mesh8)
+    with tempfile.TemporaryDirectory() as d:
+        with train.TrainCheckpoints(d) as ckpts:
+            ckpts.save(1, replicated, {"epoch": 0}, force=True)
+        with train.TrainCheckpoints(d) as ckpts:
+            mesh1 = sharding.data_mesh(jax.devices()[:1])
+            restored, record = ckpts.restore(state, sharding.replicated(mesh1))
+        report["restored_devices"] = len(jax.tree_util.tree_leaves(restored)[0].devices())
+        report["restored_vs_saved"] = max_diff(jax.device_get(restored), eight)
+        report["record"] = record
+    json.dump(report, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
