@@ -22,6 +22,7 @@ from flaxzoo.weights import checkpoint
 from random_weights import calibrate_batch_norm, random_variables
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 40), "blue": (40, 40, 220)}
 
 
@@ -266,20 +267,17 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
 
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [*common, "--distributed", "--export", str(tmp_path / "multi"), "--metrics-out", str(tmp_path / "multi.json")],
-            env=subprocess_env(2, FLAXZOO_COORDINATOR=f"127.0.0.1:{port}", FLAXZOO_NUM_PROCESSES="2",
-                               FLAXZOO_PROCESS_ID=str(i)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
-    assert "4 devices on 2 processes" in outputs[0][0]
+    # tpu/launch_processes.sh starts both local processes (ids 0 and 1), as on a host of a GPU cluster
+    env = subprocess_env(2, FLAXZOO_COORDINATOR=f"127.0.0.1:{free_port()}", FLAXZOO_NUM_PROCESSES="2",
+                         FLAXZOO_PROCESS_ID="0", LOCAL_PROCESSES="2")  # fmt: skip
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's flaxzoo script
+    multi = subprocess.run(
+        ["bash", str(REPO / "tpu" / "launch_processes.sh"), *common[4:], "--export", str(tmp_path / "multi"),
+         "--metrics-out", str(tmp_path / "multi.json")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "4 devices on 2 processes" in multi.stdout
 
     a = json.loads((tmp_path / "single.json").read_text())["epochs"]
     b = json.loads((tmp_path / "multi.json").read_text())["epochs"]
@@ -328,3 +326,31 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_restorable(tmp_pat
         state, _ = ckpts.restore(template, sharding.replicated(sharding.data_mesh()))
         assert float(np.asarray(state["w"]).min()) == 2.0
     ckpts.close()
+
+
+def fake_command(bin_dir: Path, name: str) -> Path:
+    """An executable ``name`` that records its arguments, one per line, in ``name.args``."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / name
+    script.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{bin_dir / name}.args"\n')
+    script.chmod(0o755)
+    return bin_dir / f"{name}.args"
+
+
+def test_pod_and_slurm_launchers_run_flaxzoo_finetune_distributed(tmp_path):
+    """The TPU pod launcher runs the same command on every worker; the SLURM script runs it under srun."""
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", TPU_NAME="pod", ZONE="z",
+               FLAXZOO_HOME="/cache/flaxzoo")  # fmt: skip
+    recorded = fake_command(tmp_path / "bin", "gcloud")
+    args = ["--model", "resnet50", "--data", "/data/my train", "--epochs", "3"]
+    subprocess.run(["bash", str(REPO / "tpu" / "pod_finetune.sh"), *args], env=env, check=True, timeout=60)
+    gcloud = recorded.read_text().splitlines()
+    assert gcloud[:5] == ["compute", "tpus", "tpu-vm", "ssh", "pod"] and "--worker=all" in gcloud
+    command = gcloud[gcloud.index("--command") + 1]
+    assert "export FLAXZOO_HOME=/cache/flaxzoo;" in command
+    assert command.endswith("flaxzoo finetune --distributed --model resnet50 --data /data/my\\ train --epochs 3")
+
+    recorded = fake_command(tmp_path / "bin", "srun")
+    subprocess.run(["bash", str(REPO / "tpu" / "slurm_finetune.sbatch"), *args], env=env, check=True, timeout=60)
+    srun = recorded.read_text().splitlines()
+    assert srun[srun.index("flaxzoo"):] == ["flaxzoo", "finetune", "--distributed", "--workers", "8", *args]
