@@ -23,6 +23,7 @@ from flaxzoo.models import (
 from flaxzoo import densenet, inception_resnet_v2, inception_v3, mobilenet, nasnet, resnet50, vgg16, vgg19, xception
 from flaxzoo.registry import ModelSpec, create_model, get_spec, list_models
 from flaxzoo.weights import save_checkpoint
+from flaxzoo.inference import fold_batchnorm, predict_fn
 from flaxzoo.surgery import (
     TransferReport,
     Truncated,
@@ -43,6 +44,8 @@ __all__ = [
     "TransferReport",
     "Truncated",
     "extract",
+    "fold_batchnorm",
+    "predict_fn",
     "freeze",
     "frozen_layers",
     "get_layer",

@@ -131,6 +131,8 @@ class Application(nn.Module):
     # Layers with Keras' ``trainable = False`` (see flaxzoo.freeze): their batch norms use and keep the
     # moving statistics, also under ``train=True``.
     frozen: frozenset[str] = frozenset()
+    # Batch norms folded into the convolution before them (flaxzoo.fold_batchnorm): they only add a bias.
+    folded: frozenset[str] = frozenset()
 
 
 def pooling_head(x, pooling: str | None, avg_name: str | None = None, max_name: str | None = None):

@@ -11,7 +11,6 @@ checkpoints, and the ``flaxzoo finetune`` loop.
 """
 
 from flaxzoo.train.checkpoints import TrainCheckpoints
-from flaxzoo.train.data import ArraySource, Augment, ImageFolder, eval_batches, scan_image_folder, train_batches
 from flaxzoo.train.state import OPTIMIZERS, TrainState, create_train_state, make_optimizer
 from flaxzoo.train.steps import StepConfig, Steps, make_pmap_steps, make_steps
 
@@ -32,3 +31,14 @@ __all__ = [
     "scan_image_folder",
     "train_batches",
 ]
+
+_DATA = {"ArraySource", "Augment", "ImageFolder", "eval_batches", "scan_image_folder", "train_batches"}
+
+
+def __getattr__(name):
+    # the input pipeline (and grain) loads on first use: steps alone run where grain is not installed
+    if name in _DATA:
+        from flaxzoo.train import data
+
+        return getattr(data, name)
+    raise AttributeError(f"module 'flaxzoo.train' has no attribute {name!r}")

@@ -38,8 +38,17 @@ __all__ = [
 ]
 
 
-def _to_jax(tree):
-    return jax.tree_util.tree_map(jax.numpy.asarray, tree)
+def _to_jax(tree: dict) -> dict:
+    """numpy {collection: {layer: {var: array}}} → jax arrays, emptying ``tree`` as it goes, so that a
+    converted file is held once (plus one array), not twice."""
+    out: dict = {}
+    for col in list(tree):
+        layers = tree.pop(col)
+        out[col] = {}
+        for name in list(layers):
+            arrays = layers.pop(name)
+            out[col][name] = {var: jax.numpy.asarray(arrays.pop(var)) for var in list(arrays)}
+    return out
 
 
 def cache_dir(spec: ModelSpec, variant: str) -> Path:

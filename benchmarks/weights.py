@@ -1,0 +1,91 @@
+"""Weight loading: restoring ResNet50 from the flaxzoo (orbax) cache against converting its Keras .h5,
+and the peak memory of converting a VGG16-sized file (the converter streams layer by layer).
+
+    python benchmarks/weights.py
+
+Uses random-weight .h5 files written by Keras (the published files are not needed). Each measurement
+runs in a fresh process, so peak RSS is that of the step alone. Writes results/weights.json and .md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+STEP = r"""
+import json, resource, sys, time
+sys.path.insert(0, {here!r})
+import numpy as np
+import jax
+from common import rss_mb
+from flaxzoo.registry import get_spec
+spec = get_spec({model!r})
+base = rss_mb()
+start = time.perf_counter()
+model, variables = spec.constructor(include_top={top!r}, weights={weights!r})
+jax.block_until_ready(variables)
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "rss_before_mb": base}}))
+"""
+
+
+def measure(model: str, weights: str, top: bool) -> dict:
+    code = STEP.format(here=str(HERE), model=model, weights=weights, top=top)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_h5(name: str, top: bool, path: Path) -> Path:
+    import h5py
+    from common import keras_model
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from flaxzoo.registry import get_spec
+
+    model = keras_model(get_spec(name), include_top=top)
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return path
+
+
+def main():
+    from flaxzoo.cli import convert_to_checkpoint
+    from flaxzoo.registry import get_spec
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        h5 = write_h5("resnet50", True, tmp / "resnet50.h5")
+        ckpt = convert_to_checkpoint(get_spec("resnet50"), h5, tmp / "resnet50_ckpt")["path"]
+        rows["resnet50_from_h5"] = measure("resnet50", str(h5), True)
+        rows["resnet50_from_orbax"] = measure("resnet50", ckpt, True)
+        rows["resnet50_speedup"] = rows["resnet50_from_h5"]["seconds"] / rows["resnet50_from_orbax"]["seconds"]
+        h5 = write_h5("vgg16", True, tmp / "vgg16.h5")
+        size_mb = h5.stat().st_size / 2**20
+        rows["vgg16_from_h5"] = dict(measure("vgg16", str(h5), True), file_mb=size_mb)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "weights.json").write_text(json.dumps(rows, indent=1))
+    r, o, v = rows["resnet50_from_h5"], rows["resnet50_from_orbax"], rows["vgg16_from_h5"]
+    table = "\n".join([
+        "| step | seconds | peak RSS MB |", "|---|---:|---:|",
+        f"| ResNet50 from .h5 (convert) | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} |",
+        f"| ResNet50 from the orbax cache | {o['seconds']:.2f} | {o['peak_rss_mb']:.0f} |",
+        f"| VGG16 top from .h5 ({v['file_mb']:.0f} MB file) | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} (before: {v['rss_before_mb']:.0f}) |",
+        "", f"Restoring ResNet50 from the cache is {rows['resnet50_speedup']:.1f}x faster than converting the .h5.",
+    ])  # fmt: skip
+    (out / "weights.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

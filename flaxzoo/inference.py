@@ -1,0 +1,108 @@
+"""Inference-time transforms: batch norms folded into the convolutions before them, and a jitted
+predict function in float32 or bfloat16.
+
+Folding rewrites ``y = BN(W * x + b)`` as ``(W·s) * x + (b·s + beta - mean·s)`` with
+``s = gamma / sqrt(var + eps)``: the convolution's kernel is rescaled per output channel and the batch
+norm reduces to a bias add. Only batch norms whose input is a convolution used by nothing else are
+folded (DenseNet's pre-activation batch norms stay as they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from flaxzoo.layers import BatchNormalization, Conv2D, DepthwiseConv2D, SeparableConv2D
+from flaxzoo.surgery import model_graph
+
+_CONVS = (Conv2D, DepthwiseConv2D, SeparableConv2D)
+
+
+def foldable_batchnorms(model: nn.Module) -> dict[str, str]:
+    """{batch norm: the convolution it folds into}."""
+    graph = model_graph(model)
+    consumers: dict[str, int] = {}
+    for layer in graph.layers:
+        for name in layer.inbound:
+            consumers[name] = consumers.get(name, 0) + 1
+    by_name = {layer.name: layer for layer in graph.layers}
+    pairs = {}
+    for layer in graph.layers:
+        if layer.layer_type is BatchNormalization and len(layer.inbound) == 1:
+            source = by_name[layer.inbound[0]]
+            if issubclass(source.layer_type, _CONVS) and consumers[source.name] == 1:
+                pairs[layer.name] = source.name
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
+    """``(model, variables)`` for inference with the batch norms folded into their convolutions; equal to
+    ``model.apply(variables, x)`` within float32 rounding. The folded model cannot train."""
+    pairs = foldable_batchnorms(model)
+    params = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables["params"])))
+    params = {k: dict(v) for k, v in params.items()}
+    stats = {k: dict(v) for k, v in jax.device_get(dict(variables.get("batch_stats", {}))).items()}
+    graph = model_graph(model)
+    bn_modules = {layer.name: layer for layer in graph.layers}
+    epsilons = _epsilons(model, variables)
+    for bn, conv in pairs.items():
+        p, st = params[bn], stats.pop(bn)
+        c = st["mean"].shape[0]
+        gamma = p.get("scale", np.ones(c, np.float32))
+        beta = p.get("bias", np.zeros(c, np.float32))
+        scale = (gamma / np.sqrt(st["var"] + np.float32(epsilons[bn]))).astype(np.float32)
+        conv_params = params[conv]
+        kind = bn_modules[conv].layer_type
+        if kind is SeparableConv2D:
+            conv_params["pointwise_kernel"] = conv_params["pointwise_kernel"] * scale
+        elif kind is DepthwiseConv2D:
+            k = conv_params["depthwise_kernel"]
+            conv_params["depthwise_kernel"] = k * scale.reshape(k.shape[2], k.shape[3])
+        else:
+            conv_params["kernel"] = conv_params["kernel"] * scale
+        bias = beta - st["mean"] * scale
+        if "bias" in conv_params:
+            bias = bias + conv_params.pop("bias") * scale
+            conv_params["bias"] = np.zeros_like(bias)  # keep the conv's structure; the BN adds the bias
+        params[bn] = {"bias": bias.astype(np.float32)}
+    folded = model.clone(folded=frozenset(pairs))
+    out = {"params": params}
+    if stats:
+        out["batch_stats"] = stats
+    return folded, out
+
+
+def _epsilons(model: nn.Module, variables: dict) -> dict[str, float]:
+    """Each batch norm's epsilon, read from the modules as traced."""
+    eps = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, BatchNormalization) and context.method_name == "__call__":
+            eps[context.module.name] = context.module.epsilon
+        return next_fun(*args, **kwargs)
+
+    shape = (1, *(model.default_size if d is None else d for d in model.input_shape))
+    with nn.intercept_methods(record):
+        jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+    return eps
+
+
+def predict_fn(
+    model: nn.Module, variables: dict, *, dtype: Any = jnp.float32, fold_bn: bool = False
+) -> tuple[Callable, dict]:
+    """A jitted ``f(variables, x) -> float32 outputs`` computing in ``dtype`` (``jnp.bfloat16``: bfloat16
+    activations and kernels, float32 batch-norm arithmetic), optionally on folded batch norms; returns
+    ``(f, variables)`` (the variables f expects: folded ones with ``fold_bn``)."""
+    if fold_bn:
+        model, variables = fold_batchnorm(model, variables)
+
+    @jax.jit
+    def f(variables, x):
+        return model.apply(variables, jnp.asarray(x).astype(dtype)).astype(jnp.float32)
+
+    return f, variables

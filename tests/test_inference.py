@@ -1,0 +1,111 @@
+"""Inference speed-ups, checked for numbers only (speed is measured by benchmarks/, never here): the
+shifted depthwise convolution, batch norms folded into convolutions, bfloat16 inference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxzoo
+from flaxzoo import layers
+from flaxzoo.inference import foldable_batchnorms
+from flaxzoo.registry import create_model, get_spec, list_models
+
+import keras_reference as kr
+from random_weights import random_variables
+
+DEPTHWISE_CASES = [  # input shape, kernel, stride, padding, depth multiplier
+    ((2, 16, 16, 8), 3, 1, "same", 1),
+    ((2, 15, 17, 6), 3, 2, "same", 2),
+    ((2, 16, 16, 4), 5, 2, "valid", 1),
+    ((1, 9, 9, 3), 7, 1, "same", 3),
+    ((2, 8, 8, 5), 3, 2, "valid", 1),
+]
+
+
+@pytest.mark.parametrize("shape, k, stride, padding, multiplier", DEPTHWISE_CASES)
+def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(shape, k, stride, padding, multiplier):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (k, k, shape[-1], multiplier))
+
+    def run(impl):
+        def f(x, kernel):
+            with layers.depthwise_implementation(impl):
+                return layers.depthwise_conv(x, kernel, stride, padding)
+
+        with jax.default_matmul_precision("highest"):
+            y = jax.jit(f)(x, kernel)
+            grads = jax.jit(jax.grad(lambda x, kernel: jnp.sum(jnp.sin(f(x, kernel))), argnums=(0, 1)))(x, kernel)
+        return y, grads
+
+    (y_ref, g_ref), (y, g) = run("grouped"), run("shifted")
+    assert y.shape == y_ref.shape
+    for ours, ref in [(y, y_ref), *zip(g, g_ref)]:
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_depthwise_auto_lowers_to_the_shifted_form_on_cpu():
+    x, kernel = jnp.zeros((2, 16, 16, 8)), jnp.zeros((3, 3, 8, 1))
+    text = jax.jit(lambda x, k: layers.depthwise_conv(x, k, 1, "same")).lower(x, kernel).as_text()
+    assert "convolution" not in text
+    with layers.depthwise_implementation("grouped"):
+        text = jax.jit(lambda x, k: layers.depthwise_conv(x, k, 1, "same")).lower(x, kernel).as_text()
+    assert "feature_group_count = 8" in text
+    with pytest.raises(ValueError, match="unknown depthwise implementation"):
+        with layers.depthwise_implementation("fast"):
+            pass
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_folded_batchnorm_matches_the_model(name):
+    """Random weights and batch-norm statistics far from (0, 1); features within 1e-4 relative."""
+    size = 2 * get_spec(name).min_size + 1
+    model, _ = create_model(name, abstract=True, weights=None, include_top=False, input_shape=(size, size, 3))
+    variables = random_variables(name, include_top=False, input_shape=(size, size, 3))
+    rng = np.random.default_rng(0)
+
+    def statistic(path, leaf):
+        if path[-1].key == "var":
+            return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
+        return rng.normal(0.0, 0.3, leaf.shape).astype(np.float32)
+
+    if "batch_stats" in variables:
+        variables["batch_stats"] = jax.tree_util.tree_map_with_path(statistic, variables["batch_stats"])
+    folded_model, folded = flaxzoo.fold_batchnorm(model, variables)
+    x = kr.reference_inputs(name, size)
+    with jax.default_matmul_precision("highest"):
+        ref = jax.jit(model.apply)(variables, x)
+        ours = jax.jit(folded_model.apply)(folded, x)
+    scale = float(jnp.max(jnp.abs(ref)))
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)
+    folded_names = foldable_batchnorms(model)
+    assert folded_model.folded == frozenset(folded_names)
+    assert not set(folded_names) & set(folded.get("batch_stats", {}))
+    if name.startswith("vgg"):
+        assert not folded_names
+    else:
+        assert folded_names
+    if folded_names:
+        with pytest.raises(ValueError, match="cannot train"):
+            folded_model.apply(folded, x, train=True, mutable=["batch_stats"])
+
+
+def test_bfloat16_inference_is_close_to_float32_on_real_weights():
+    """The published MobileNet 0.25 no-top file on elephant.jpg: bfloat16 features (8-bit mantissas through
+    28 layers) against float32's. bfloat16 is an approximation: this checks it is the expected one."""
+    model, variables = flaxzoo.MobileNet(
+        alpha=0.25, include_top=False, pooling="avg", weights=str(kr.SHARED_DATA / "mobilenet_2_5_224_tf_no_top.h5")
+    )
+    from flaxzoo.image import img_to_array, load_img
+    from flaxzoo.mobilenet import preprocess_input
+
+    x = preprocess_input(img_to_array(load_img(kr.SHARED_DATA / "elephant.jpg", target_size=(224, 224)))[None])
+    f32, v32 = flaxzoo.predict_fn(model, variables)
+    a = np.asarray(f32(v32, x))
+    for fold_bn in (False, True):
+        bf16, vb = flaxzoo.predict_fn(model, variables, dtype=jnp.bfloat16, fold_bn=fold_bn)
+        b = np.asarray(bf16(vb, x))
+        assert b.dtype == np.float32
+        cosine = float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
+        assert cosine > 0.99, (fold_bn, cosine)  # measured 0.996 (0.991 folded)
+        assert np.mean(np.abs(a - b)) < 0.025 * np.max(np.abs(a)), fold_bn  # measured 1.4% (2.0% folded)
