@@ -23,9 +23,9 @@ from flaxzoo.surgery import model_graph
 _CONVS = (Conv2D, DepthwiseConv2D, SeparableConv2D)
 
 
-def foldable_batchnorms(model: nn.Module) -> dict[str, str]:
-    """{batch norm: the convolution it folds into}."""
-    graph = model_graph(model)
+def foldable_batchnorms(model: nn.Module, graph=None) -> dict[str, str]:
+    """{batch norm: the convolution it folds into}; ``graph``: ``model_graph(model)`` when already traced."""
+    graph = graph or model_graph(model)
     consumers: dict[str, int] = {}
     for layer in graph.layers:
         for name in layer.inbound:
@@ -43,11 +43,11 @@ def foldable_batchnorms(model: nn.Module) -> dict[str, str]:
 def fold_batchnorm(model: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
     """``(model, variables)`` for inference with the batch norms folded into their convolutions; equal to
     ``model.apply(variables, x)`` within float32 rounding. The folded model cannot train."""
-    pairs = foldable_batchnorms(model)
+    graph = model_graph(model)
+    pairs = foldable_batchnorms(model, graph)
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables["params"])))
     params = {k: dict(v) for k, v in params.items()}
     stats = {k: dict(v) for k, v in jax.device_get(dict(variables.get("batch_stats", {}))).items()}
-    graph = model_graph(model)
     bn_modules = {layer.name: layer for layer in graph.layers}
     epsilons = _epsilons(model, variables)
     for bn, conv in pairs.items():

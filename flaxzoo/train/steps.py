@@ -58,7 +58,7 @@ def _loss(logits, labels, label_smoothing: float):
     return optax.softmax_cross_entropy(logits, onehot)
 
 
-def _gradients(model, tx, state: TrainState, batch, config: StepConfig):
+def _gradients(model, state: TrainState, batch, config: StepConfig):
     """(grads, new batch stats, summed loss, correct count) over the batch, by micro-batches."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     n = config.accum_steps
@@ -105,7 +105,7 @@ def _apply_gradients(tx, state: TrainState, grads, batch_stats) -> TrainState:
 
 
 def _train_step(model, tx, config, state, batch):
-    grads, batch_stats, loss_sum, correct = _gradients(model, tx, state, batch, config)
+    grads, batch_stats, loss_sum, correct = _gradients(model, state, batch, config)
     count = batch["label"].shape[0]
     metrics = {"loss": loss_sum / count, "accuracy": correct / count, "count": jnp.asarray(count, jnp.float32)}
     return _apply_gradients(tx, state, grads, batch_stats), metrics
@@ -159,7 +159,7 @@ def make_pmap_steps(model: nn.Module, tx: optax.GradientTransformation, config: 
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), jax.lax.axis_index(PMAP_AXIS))
         local = state.replace(rng=jax.random.key_data(key))
         with cross_replica_batch_norm(PMAP_AXIS):
-            grads, batch_stats, loss_sum, correct = _gradients(model, tx, local, batch, config)
+            grads, batch_stats, loss_sum, correct = _gradients(model, local, batch, config)
         grads = jax.lax.pmean(grads, PMAP_AXIS)
         count = jax.lax.psum(jnp.asarray(batch["label"].shape[0], jnp.float32), PMAP_AXIS)
         metrics = {
