@@ -46,12 +46,17 @@ def measure(model: str, weights: str, top: bool) -> dict:
 
 def write_h5(name: str, top: bool, path: Path) -> Path:
     import h5py
+    import numpy as np
     from common import keras_model
     from keras.src.legacy.saving import legacy_h5_format
 
     from flaxzoo.registry import get_spec
 
     model = keras_model(get_spec(name), include_top=top)
+    # Random values (not the builder's placeholder zeros): orbax compresses, so zeros would flatter the cache.
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        w.assign(np.abs(rng.standard_normal(w.shape, dtype=np.float32)) * 0.05)
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
     return path

@@ -38,19 +38,6 @@ __all__ = [
 ]
 
 
-def _to_jax(tree: dict) -> dict:
-    """numpy {collection: {layer: {var: array}}} → jax arrays, emptying ``tree`` as it goes, so that a
-    converted file is held once (plus one array), not twice."""
-    out: dict = {}
-    for col in list(tree):
-        layers = tree.pop(col)
-        out[col] = {}
-        for name in list(layers):
-            arrays = layers.pop(name)
-            out[col][name] = {var: jax.numpy.asarray(arrays.pop(var)) for var in list(arrays)}
-    return out
-
-
 def cache_dir(spec: ModelSpec, variant: str) -> Path:
     return flaxzoo_home() / "checkpoints" / spec.name / variant
 
@@ -95,7 +82,7 @@ def _load_imagenet(spec: ModelSpec, graph: Graph, variant: str) -> dict:
         h5 = get_file(wf.fname, wf.url, wf.md5)
         variables, meta = convert_file(spec, graph, h5, variant)
         checkpoint.save(target, variables, meta)
-    return _to_jax(variables)
+    return checkpoint._to_device(variables)
 
 
 def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, variant: str) -> dict:
@@ -108,7 +95,7 @@ def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, va
         if model not in (None, spec.name):
             raise CheckpointError(f"{path}: a checkpoint of {model}, not {spec.name}")
         return checkpoint.restore(path, graph.variables)[0]
-    return _to_jax(convert_file(spec, graph, path, None)[0])
+    return checkpoint._to_device(convert_file(spec, graph, path, None)[0])
 
 
 def count_params(variables) -> int:
