@@ -56,12 +56,12 @@ def main(out_path):
                            mfu_measured=flops / roof[dtype], mfu_spec=flops / SPEC_PEAK[gpu][dtype])  # fmt: skip
                 results["inference"].append(row)
                 print(json.dumps(row), flush=True)
-        if name == "mobilenet":  # the depthwise formulations on this backend
-            for impl in ("grouped", "shifted"):
-                with layers.depthwise_implementation(impl):
+        if name == "mobilenet":  # both convolution formulations on this backend
+            for impl in ("keras", "cpu"):
+                with layers.conv_implementation(impl):
                     f, v = flaxzoo.predict_fn(model, variables, dtype=jnp.bfloat16)
                     first, t = bench(f, jax.device_put(v), x)
-                row = dict(model=name, dtype="bfloat16", depthwise=impl, img_s=BATCH / t)
+                row = dict(model=name, dtype="bfloat16", conv_implementation=impl, img_s=BATCH / t)
                 results["inference"].append(row)
                 print(json.dumps(row), flush=True)
 

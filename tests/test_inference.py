@@ -1,5 +1,5 @@
 """Inference speed-ups, checked for numbers only (speed is measured by benchmarks/, never here): the
-shifted depthwise convolution, batch norms folded into convolutions, bfloat16 inference."""
+CPU forms of depthwise and 1x1 convolutions, batch norms folded into convolutions, bfloat16 inference."""
 
 import jax
 import jax.numpy as jnp
@@ -23,36 +23,62 @@ DEPTHWISE_CASES = [  # input shape, kernel, stride, padding, depth multiplier
 ]
 
 
-@pytest.mark.parametrize("shape, k, stride, padding, multiplier", DEPTHWISE_CASES)
-def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(shape, k, stride, padding, multiplier):
-    x = jax.random.normal(jax.random.key(0), shape)
-    kernel = jax.random.normal(jax.random.key(1), (k, k, shape[-1], multiplier))
+POINTWISE_CASES = [  # input shape, filters, stride, padding
+    ((2, 9, 9, 8), 16, 1, "valid"),
+    ((2, 15, 16, 6), 4, 2, "same"),
+    ((2, 15, 17, 6), 4, 2, "valid"),
+    ((1, 7, 7, 3), 5, 3, "same"),
+]
+
+
+def _cpu_form_equals_keras_form(f, *args):
+    """``f`` under conv_implementation("cpu") equals "keras", values and gradients, within 1e-5 relative."""
 
     def run(impl):
-        def f(x, kernel):
-            with layers.depthwise_implementation(impl):
-                return layers.depthwise_conv(x, kernel, stride, padding)
+        def g(*a):
+            with layers.conv_implementation(impl):
+                return f(*a)
 
         with jax.default_matmul_precision("highest"):
-            y = jax.jit(f)(x, kernel)
-            grads = jax.jit(jax.grad(lambda x, kernel: jnp.sum(jnp.sin(f(x, kernel))), argnums=(0, 1)))(x, kernel)
+            y = jax.jit(g)(*args)
+            grads = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(g(*a))), argnums=(0, 1)))(*args)
         return y, grads
 
-    (y_ref, g_ref), (y, g) = run("grouped"), run("shifted")
+    (y_ref, g_ref), (y, g) = run("keras"), run("cpu")
     assert y.shape == y_ref.shape
     for ours, ref in [(y, y_ref), *zip(g, g_ref)]:
         np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
 
 
-def test_depthwise_auto_lowers_to_the_shifted_form_on_cpu():
-    x, kernel = jnp.zeros((2, 16, 16, 8)), jnp.zeros((3, 3, 8, 1))
-    text = jax.jit(lambda x, k: layers.depthwise_conv(x, k, 1, "same")).lower(x, kernel).as_text()
-    assert "convolution" not in text
-    with layers.depthwise_implementation("grouped"):
-        text = jax.jit(lambda x, k: layers.depthwise_conv(x, k, 1, "same")).lower(x, kernel).as_text()
-    assert "feature_group_count = 8" in text
-    with pytest.raises(ValueError, match="unknown depthwise implementation"):
-        with layers.depthwise_implementation("fast"):
+@pytest.mark.parametrize("shape, k, stride, padding, multiplier", DEPTHWISE_CASES)
+def test_shifted_depthwise_equals_the_grouped_convolution_with_gradients(shape, k, stride, padding, multiplier):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (k, k, shape[-1], multiplier))
+    _cpu_form_equals_keras_form(lambda x, kernel: layers.depthwise_conv(x, kernel, stride, padding), x, kernel)
+
+
+@pytest.mark.parametrize("shape, filters, stride, padding", POINTWISE_CASES)
+def test_pointwise_matmul_equals_the_1x1_convolution_with_gradients(shape, filters, stride, padding):
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (1, 1, shape[-1], filters))
+    _cpu_form_equals_keras_form(lambda x, kernel: layers.conv2d(x, kernel, stride, padding), x, kernel)
+
+
+def test_auto_lowers_to_the_cpu_forms_on_cpu_and_keras_forms_on_request():
+    x, depthwise, pointwise = jnp.zeros((2, 16, 16, 8)), jnp.zeros((3, 3, 8, 1)), jnp.zeros((1, 1, 8, 4))
+
+    def lowered():  # a new function each time: jax caches traces by function, not by context
+        return jax.jit(lambda x, d, p: layers.conv2d(layers.depthwise_conv(x, d, 1, "same"), p, 1, "valid")).lower(
+            x, depthwise, pointwise
+        ).as_text()
+
+    text = lowered()
+    assert "convolution" not in text and "dot_general" in text
+    with layers.conv_implementation("keras"):
+        text = lowered()
+    assert "feature_group_count = 8" in text and text.count("stablehlo.convolution") == 2
+    with pytest.raises(ValueError, match="unknown convolution implementation"):
+        with layers.conv_implementation("fast"):
             pass
 
 

@@ -183,7 +183,7 @@ def test_published_file_features_equal_keras(pooling):
         alpha=0.25, include_top=False, weights=str(REAL_FILE), input_shape=(224, 224, 3), pooling=pooling
     )
     ref = kr.run_eager(ref_model, x)
-    with layers.depthwise_implementation("grouped"):  # Keras' own formulation: the same float operations
+    with layers.conv_implementation("keras"):  # Keras' own operations: the same float arithmetic
         ours = eager_apply(model, variables, x)
     assert ours.shape == ref.shape == ((1, 7, 7, 256) if pooling is None else (1, 256))
     assert np.abs(ref).max() > 0.1
@@ -348,6 +348,9 @@ def test_imagenet_weights_from_the_keras_cache_with_the_warning(monkeypatch):
 
     x = elephant(200)
     ref = kr.run_eager(ref_model, x)
-    with layers.depthwise_implementation("grouped"):  # Keras' formulation: the same float operations
+    with layers.conv_implementation("keras"):  # Keras' operations: the same float arithmetic
         np.testing.assert_allclose(eager_apply(model, variables, x), ref, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(eager_apply(model, variables, x), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    # The CPU forms (1x1 convolutions as matrix products, depthwise as shifted sums) round differently
+    # through 28 layers of real weights: measured 1.3e-5 of the largest feature. Held to the suite's
+    # feature tolerance; each form alone is checked at 1e-5 in test_inference.
+    np.testing.assert_allclose(eager_apply(model, variables, x), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
