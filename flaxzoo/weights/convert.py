@@ -38,6 +38,17 @@ def is_auto_named(layer: LayerInfo) -> bool:
     return re.fullmatch(rf"{snake_case(layer.keras_class)}(_\d+)?", layer.name) is not None
 
 
+def _first_difference(file_layers: list[str], model_layers) -> str:
+    """Where two weighted-layer lists part, for a count mismatch (positions of auto-named layers match any name)."""
+    for k, (file_name, layer) in enumerate(zip(file_layers, model_layers)):
+        if file_name != layer.name and not is_auto_named(layer):
+            return f" The first difference is weighted layer #{k}: {file_name!r} in the file, {layer.name!r} in the model."
+    k = min(len(file_layers), len(model_layers))
+    if len(file_layers) > k:
+        return f" The file has extra layers from #{k} on: {file_layers[k:k + 3]}."
+    return f" The file lacks the model's layers from #{k} on: {[layer.name for layer in model_layers[k:k + 3]]}."
+
+
 def _slots(graph: Graph, layer: LayerInfo) -> list[tuple[str, str, Any]]:
     """(collection, variable, abstract value) of a layer, in the legacy .h5 order."""
     owned = graph.layer_variables(layer.name)
@@ -74,7 +85,7 @@ def convert_h5(
             raise WeightFileError(
                 f"{path}: Layer count mismatch when loading weights from file. Model expected "
                 f"{len(model_layers)} layers, found {len(file_layers)} saved layers. (A file with or "
-                "without the classification top, or for another model, gives this.)"
+                f"without the classification top, or for another model, gives this.){_first_difference(file_layers, model_layers)}"
             )
         for k, (file_name, layer) in enumerate(zip(file_layers, model_layers)):
             if file_name != layer.name and not is_auto_named(layer):

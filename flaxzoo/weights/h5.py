@@ -10,6 +10,7 @@ and Keras 3 (``kernel``) files differ in exactly those names. Arrays are read on
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,8 +51,23 @@ def _read_aligned(ds: h5py.Dataset, align: int = 64) -> np.ndarray:
     return array
 
 
+@contextlib.contextmanager
+def _damage_named(path: Path, where: str):
+    """Any failure of h5py/HDF5 on a damaged file (OSError, KeyError, RuntimeError, TypeError, decoding
+    errors, ...) becomes a WeightFileError naming the file and ``where`` it happened."""
+    try:
+        yield
+    except WeightFileError:
+        raise
+    except Exception as e:
+        raise WeightFileError(f"{path}: {where}: the file is damaged or not a Keras weights file "
+                              f"({type(e).__name__}: {e})") from None  # fmt: skip
+
+
 class LegacyWeightsFile:
-    """An open Keras legacy ``.h5`` weights (or full-model) file. Use as a context manager."""
+    """An open Keras legacy ``.h5`` weights (or full-model) file. Use as a context manager.
+
+    Every failure reading it is a :class:`WeightFileError` naming the file and the layer or attribute."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -61,11 +77,14 @@ class LegacyWeightsFile:
             raise WeightFileError(f"{self.path}: no such file") from None
         except OSError as e:
             raise WeightFileError(f"{self.path}: not a readable HDF5 file ({e})") from None
+        except Exception as e:  # HDF5 signature found but the superblock is broken, ...
+            raise WeightFileError(f"{self.path}: not a readable HDF5 file ({type(e).__name__}: {e})") from None
         try:
-            self._root = self._find_root()
-            self.layer_names: list[str] = read_attr_list(self._root, "layer_names")
-            self.keras_version = _decode(self._root.attrs.get("keras_version", "1"))
-            self.backend = _decode(self._root.attrs["backend"]) if "backend" in self._root.attrs else None
+            with _damage_named(self.path, "reading the root attributes 'layer_names', 'keras_version', 'backend'"):
+                self._root = self._find_root()
+                self.layer_names: list[str] = read_attr_list(self._root, "layer_names")
+                self.keras_version = _decode(self._root.attrs.get("keras_version", "1"))
+                self.backend = _decode(self._root.attrs["backend"]) if "backend" in self._root.attrs else None
         except Exception:
             self._file.close()
             raise
@@ -108,7 +127,8 @@ class LegacyWeightsFile:
         return group
 
     def weight_names(self, layer: str) -> list[str]:
-        names = read_attr_list(self._group(layer), "weight_names")
+        with _damage_named(self.path, f"layer {layer!r}: reading its 'weight_names' attribute"):
+            names = read_attr_list(self._group(layer), "weight_names")
         if names is None:
             raise WeightFileError(f"{self.path}: layer {layer!r} has no 'weight_names' attribute")
         return names
@@ -119,15 +139,19 @@ class LegacyWeightsFile:
 
     def shapes(self, layer: str) -> list[tuple[str, tuple[int, ...]]]:
         """(weight name, shape) of each array of a layer, without reading the data."""
-        group = self._group(layer)
-        return [(wn, self._dataset(group, layer, wn).shape) for wn in self.weight_names(layer)]
+        with _damage_named(self.path, f"layer {layer!r}"):
+            group = self._group(layer)
+            return [(wn, self._dataset(group, layer, wn).shape) for wn in self.weight_names(layer)]
 
     def read(self, layer: str) -> list[tuple[str, np.ndarray]]:
         """(weight name, array) of each array of a layer, in legacy order."""
-        group = self._group(layer)
+        with _damage_named(self.path, f"layer {layer!r}"):
+            group = self._group(layer)
+            names = self.weight_names(layer)
         out = []
-        for wn in self.weight_names(layer):
-            ds = self._dataset(group, layer, wn)
+        for wn in names:
+            with _damage_named(self.path, f"layer {layer!r}: weight {wn!r}"):
+                ds = self._dataset(group, layer, wn)
             try:
                 array = _read_aligned(ds) if ds.dtype.kind == "f" else ds[()]
             except Exception as e:  # truncated or corrupt data
