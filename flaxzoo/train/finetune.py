@@ -7,11 +7,20 @@ batch norms in inference mode). Steps are jit over a ``data`` mesh of every devi
 process reads its own slice of every global batch. The run checkpoints every N steps and at each epoch's
 end and resumes from the latest checkpoint (``epochs`` is the total); at the end it writes the metrics
 (JSON and PNG) and exports a flaxzoo checkpoint that the constructor loads with ``weights=``.
+
+Faults (:mod:`flaxzoo.train.faults`): a non-finite loss or parameters stop the run with a TrainingError
+naming the step, without checkpointing it; SIGTERM/SIGINT checkpoint the current step and exit with
+143/130, and the same command resumes; a checkpoint that cannot be written stops the run with a
+CheckpointError (the previous checkpoint stays the latest): training on without checkpoints would put
+all later work at the mercy of the next preemption, and a full disk rarely empties by itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxzoo import sharding
+from flaxzoo.errors import TrainingError
 from flaxzoo.registry import ModelSpec, get_spec
 from flaxzoo.surgery import TransferReport, freeze, load_pretrained, trainable_mask
 from flaxzoo.train import data as data_lib
 from flaxzoo.train.checkpoints import TrainCheckpoints
+from flaxzoo.train.faults import Interrupted, StopSignals, all_finite
 from flaxzoo.train.report import Progress, plot_metrics, write_metrics
 from flaxzoo.train.state import create_train_state, make_optimizer
 from flaxzoo.train.steps import StepConfig, make_steps
@@ -55,6 +66,7 @@ class FinetuneConfig:
     export: str | None = None
     progress: bool = True
     workers: int = 8
+    handle_signals: bool = True  # SIGTERM/SIGINT: checkpoint the current step and exit (with checkpoint_dir)
 
 
 def _host(tree):
@@ -109,12 +121,46 @@ def _evaluate(steps, state, source, cfg, spec, size, mesh) -> dict:
     return {"eval_loss": sums["loss_sum"] / count, "eval_accuracy": sums["correct"] / count}
 
 
+def _save(ckpts: TrainCheckpoints, step: int, state, record: dict, where: str) -> None:
+    # an overflow in the update can leave params non-finite behind a finite loss: never checkpoint those
+    if not all_finite(state):
+        raise TrainingError(_diverged(f"the update of {where} made the parameters non-finite", ckpts))
+    ckpts.save(step, state, record, force=True)
+
+
+def _diverged(what: str, ckpts: TrainCheckpoints | None) -> str:
+    advice = "lower --lr, or look for NaN/Inf in the data"
+    if ckpts is None:
+        return f"training diverged: {what}; {advice}"
+    ckpts.wait()  # the good checkpoints still being written
+    latest = ckpts.latest_step()
+    if latest is None:
+        return f"training diverged: {what}; not checkpointed, and no earlier checkpoint in {ckpts.directory}; {advice}"
+    return (f"training diverged: {what}; not checkpointed: the latest checkpoint is step {latest} in "
+            f"{ckpts.directory}, where a rerun resumes (and diverges again unless you {advice})")  # fmt: skip
+
+
+def _stop(signum: int, step: int, where: str, ckpts: TrainCheckpoints, say_error) -> Interrupted:
+    ckpts.wait()
+    name = signal.Signals(signum).name
+    message = (f"{name}: stopped after {where}; checkpoint of step {step} saved in {ckpts.directory}; "
+               "run the same command to resume")  # fmt: skip
+    say_error(f"flaxzoo: {message}")
+    return Interrupted(signum, step, message)
+
+
 def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
-    """Run (or resume) a fine-tuning job; returns ``{"epochs": [...], "export": path, ...}``."""
+    """Run (or resume) a fine-tuning job; returns ``{"epochs": [...], "export": path, ...}``.
+
+    Raises TrainingError on a non-finite loss or parameters, CheckpointError when a checkpoint cannot be
+    written, and :class:`~flaxzoo.train.faults.Interrupted` (a SystemExit, status 143 or 130) after
+    checkpointing on SIGTERM or SIGINT (with ``checkpoint_dir`` and ``handle_signals``).
+    """
     spec = get_spec(cfg.model)
     size = cfg.image_size or spec.default_size
     main_process = jax.process_index() == 0
     say = log if main_process else (lambda *a, **k: None)
+    say_error = (lambda line: print(line, file=sys.stderr, flush=True)) if main_process else (lambda line: None)
 
     train_set = data_lib.scan_image_folder(cfg.data, workers=cfg.workers)
     say(f"train: {cfg.data}: {train_set.report}; classes: {', '.join(train_set.class_names)}")
@@ -158,43 +204,58 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         state = sharding.replicate(state, mesh)
 
     augment = data_lib.Augment() if cfg.augment else None
+    stop = StopSignals(enabled=cfg.handle_signals and ckpts is not None)
     try:
-        while epoch < cfg.epochs:
-            progress = Progress(epoch + 1, cfg.epochs, n_steps, enabled=main_process and cfg.progress)
-            sums = dict(partial or {"loss_sum": 0.0, "correct": 0.0, "count": 0.0})
-            started = time.perf_counter()
-            batches = data_lib.train_batches(
-                train_set, global_batch_size=cfg.batch_size, image_size=size, preprocess_mode=spec.preprocess_mode,
-                epoch=epoch, seed=cfg.seed, augment=augment, start_step=start_step,
-                process_index=jax.process_index(), process_count=jax.process_count(), num_threads=cfg.workers,
-            )  # fmt: skip
-            for k, local in enumerate(batches, start=start_step):
-                state, metrics = steps.train(state, sharding.global_batch(local, mesh))
-                m = {key: float(_host(v)) for key, v in metrics.items()}
-                sums["loss_sum"] += m["loss"] * m["count"]
-                sums["correct"] += m["accuracy"] * m["count"]
-                sums["count"] += m["count"]
-                progress.update(k + 1, int(m["count"]), sums["loss_sum"] / sums["count"], sums["correct"] / sums["count"])
-                if ckpts is not None and k + 1 < n_steps:
-                    record = {"epoch": epoch, "step_in_epoch": k + 1, "history": history, "partial": sums}
-                    ckpts.save(epoch * n_steps + k + 1, state, record)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": sums["loss_sum"] / max(sums["count"], 1),
-                "train_accuracy": sums["correct"] / max(sums["count"], 1),
-                "images_per_second": progress.images_per_second,
-                "seconds": time.perf_counter() - started,
-            }
-            if val_set is not None:
-                row.update(_evaluate(steps, state, val_set, cfg, spec, size, mesh))
-            progress.close(f"  val acc {row['eval_accuracy']:.4f}" if "eval_accuracy" in row else "")
-            history.append(row)
-            epoch, start_step, partial = epoch + 1, 0, None
-            if ckpts is not None:
-                ckpts.save(epoch * n_steps, state, {"epoch": epoch, "step_in_epoch": 0, "history": history}, force=True)
-            if cfg.metrics_out and main_process:
-                write_metrics(cfg.metrics_out, history, model=spec.name, classes=list(train_set.class_names))
-                plot_metrics(Path(cfg.metrics_out).with_suffix(".png"), history)
+        with stop:
+            while epoch < cfg.epochs:
+                progress = Progress(epoch + 1, cfg.epochs, n_steps, enabled=main_process and cfg.progress)
+                sums = dict(partial or {"loss_sum": 0.0, "correct": 0.0, "count": 0.0})
+                started = time.perf_counter()
+                batches = data_lib.train_batches(
+                    train_set, global_batch_size=cfg.batch_size, image_size=size, preprocess_mode=spec.preprocess_mode,
+                    epoch=epoch, seed=cfg.seed, augment=augment, start_step=start_step,
+                    process_index=jax.process_index(), process_count=jax.process_count(), num_threads=cfg.workers,
+                )  # fmt: skip
+                for k, local in enumerate(batches, start=start_step):
+                    state, metrics = steps.train(state, sharding.global_batch(local, mesh))
+                    m = {key: float(_host(v)) for key, v in metrics.items()}
+                    step = epoch * n_steps + k + 1
+                    where = f"step {step} (epoch {epoch + 1}, step {k + 1} of {n_steps})"
+                    if not math.isfinite(m["loss"]):
+                        progress.close()
+                        raise TrainingError(_diverged(f"loss {m['loss']} at {where}", ckpts))
+                    sums["loss_sum"] += m["loss"] * m["count"]
+                    sums["correct"] += m["accuracy"] * m["count"]
+                    sums["count"] += m["count"]
+                    progress.update(k + 1, int(m["count"]), sums["loss_sum"] / sums["count"], sums["correct"] / sums["count"])
+                    # the last step of an epoch stops after the epoch's end (evaluation, checkpoint) below
+                    stopping = stop.requested(step) and k + 1 < n_steps
+                    if ckpts is not None and k + 1 < n_steps and (stopping or ckpts.should_save(step)):
+                        record = {"epoch": epoch, "step_in_epoch": k + 1, "history": history, "partial": sums}
+                        _save(ckpts, step, state, record, where)
+                    if stopping:
+                        progress.close()
+                        raise _stop(stop.received, step, where, ckpts, say_error)
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": sums["loss_sum"] / max(sums["count"], 1),
+                    "train_accuracy": sums["correct"] / max(sums["count"], 1),
+                    "images_per_second": progress.images_per_second,
+                    "seconds": time.perf_counter() - started,
+                }
+                if val_set is not None:
+                    row.update(_evaluate(steps, state, val_set, cfg, spec, size, mesh))
+                progress.close(f"  val acc {row['eval_accuracy']:.4f}" if "eval_accuracy" in row else "")
+                history.append(row)
+                epoch, start_step, partial = epoch + 1, 0, None
+                if ckpts is not None:
+                    record = {"epoch": epoch, "step_in_epoch": 0, "history": history}
+                    _save(ckpts, epoch * n_steps, state, record, f"step {epoch * n_steps} (end of epoch {epoch})")
+                if cfg.metrics_out and main_process:
+                    write_metrics(cfg.metrics_out, history, model=spec.name, classes=list(train_set.class_names))
+                    plot_metrics(Path(cfg.metrics_out).with_suffix(".png"), history)
+                if stop.received is not None and epoch < cfg.epochs:  # a finished run exports instead
+                    raise _stop(stop.received, epoch * n_steps, f"epoch {epoch}", ckpts, say_error)
     finally:
         if ckpts is not None:
             ckpts.close()
