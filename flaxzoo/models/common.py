@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -13,9 +15,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from flaxzoo import graph as graph_lib
+from flaxzoo.errors import InputError
 from flaxzoo.layers import GlobalAveragePooling2D, GlobalMaxPooling2D, is_softmax_or_linear, snake_case
 from flaxzoo.registry import ModelSpec
 
@@ -133,6 +137,92 @@ class Application(nn.Module):
     frozen: frozenset[str] = frozenset()
     # Batch norms folded into the convolution before them (flaxzoo.fold_batchnorm): they only add a bias.
     folded: frozenset[str] = frozenset()
+    # The registry's min_size (set by ``instantiate``): the least height and width of an input where the size
+    # is free (None in input_shape, or any without the top). Keras checks it on ``input_shape`` only; below
+    # it the feature maps collapse to nothing.
+    min_size: int = 1
+
+    def __init_subclass__(cls, **kwargs):
+        # Every model's __call__ checks its input (see check_input): wrapped here, before Flax wraps it,
+        # so that no model file has to remember to.
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = _checking_input(call)
+        super().__init_subclass__(**kwargs)
+
+
+def _checking_input(call: Callable) -> Callable:
+    input_name = list(inspect.signature(call).parameters)[1]
+
+    @functools.wraps(call)  # keeps nn.compact's marker
+    def checked(self, *args, **kwargs):
+        if args:
+            args = (check_input(self, args[0]), *args[1:])
+        elif input_name in kwargs:
+            kwargs[input_name] = check_input(self, kwargs[input_name])
+        return call(self, *args, **kwargs)
+
+    return checked
+
+
+def _static(dim) -> int | None:
+    """A dimension as an int; None when symbolic (jax.export shape polymorphism): not checked."""
+    return int(dim) if isinstance(dim, int | np.integer) else None
+
+
+def check_input(model: Application, x):
+    """``x`` as the model takes it, or an :class:`~flaxzoo.errors.InputError` naming the expected shape.
+
+    The checks of Keras' ``InputSpec`` (rank, channels, the size of a model with its top), plus what Keras
+    lets through into an obscure failure or an empty result: an empty batch, height or width under
+    ``model.min_size``. Without the top nothing depends on the size, so any size from ``min_size`` on is
+    taken, also where ``input_shape`` fixes one (Keras refuses it; flaxzoo's no-top NASNet with weights is
+    built at 224 or 331 only, and runs at any size). Dtypes as Keras: integers are cast to float32 (no
+    scaling: uint8 images keep their 0-255 values), float64 to float32; float16 and bfloat16 are kept (Keras
+    casts them to float32; flaxzoo computes in them, as ``predict_fn(dtype=jnp.bfloat16)`` does); bool,
+    complex and non-numeric arrays are refused (Keras casts them silently). Shapes and dtypes are static, so
+    under ``jit`` this costs nothing at run time.
+    """
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        x = np.asarray(x)  # lists, as Keras converts them
+    height, width, channels = model.input_shape
+    expected = (None, height, width, channels) if model.include_top else (None, None, None, channels)
+    found = tuple(x.shape)
+    name = model.name or type(model).__name__
+
+    def incompatible(requirement: str = "", hint: str = "") -> InputError:
+        return InputError(
+            f"Input 0 of layer '{name}' is incompatible with the layer: expected shape={expected}{requirement}, "
+            f"found shape={found}{hint}"
+        )
+
+    if len(found) != len(expected):
+        hint = ". Models take a batch of images: x[None] is a batch of one" if len(found) == 3 else ""
+        raise incompatible(hint=hint)
+    dims = [_static(d) for d in found]
+    if dims[0] == 0:
+        raise incompatible(" with at least one image", ": the batch is empty")
+    if channels is not None and dims[3] is not None and dims[3] != channels:
+        nchw = dims[1] == channels
+        hint = ". Inputs are channels-last (NHWC): x.transpose(0, 2, 3, 1) converts NCHW" if nchw else ""
+        raise incompatible(hint=hint)
+    for want, got in zip(expected[1:3], dims[1:3]):
+        if want is not None and got is not None and got != want:
+            fixed = None not in expected[1:3]
+            raise incompatible(hint=f". The model takes {height}x{width} images: resize them" if fixed else "")
+    # A size the model was built for is taken as is (an input_tensor bypasses min_size, as in Keras).
+    if any(got is not None and got != want and got < model.min_size for want, got in zip((height, width), dims[1:3])):
+        raise incompatible(f" with height and width at least {model.min_size}")
+
+    dtype = x.dtype
+    if jnp.issubdtype(dtype, jnp.integer) or dtype == np.float64:
+        return x.astype(np.float32)  # Keras casts to the input layer's float32, without scaling
+    if jnp.issubdtype(dtype, jnp.floating):
+        return x
+    raise InputError(
+        f"Input 0 of layer '{name}' must be a float or integer array (integers are cast to float32, as "
+        f"in Keras) of shape={expected}; found dtype={dtype}, shape={found}"
+    )
 
 
 def pooling_head(x, pooling: str | None, avg_name: str | None = None, max_name: str | None = None):
@@ -205,6 +295,8 @@ def instantiate(
 ) -> tuple[nn.Module, dict]:
     """``(module, variables)``: variables from ``weights`` (None: random from ``seed``) for the module's
     input shape (None dimensions traced at its default size). ``variant`` names the file for "imagenet"."""
+    if module.min_size != spec.min_size:
+        module = module.clone(min_size=spec.min_size)
     concrete = (1, *(module.default_size if d is None else d for d in module.input_shape))
     if weights is None:
         rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
