@@ -39,6 +39,11 @@ __all__ = [
 
 
 def cache_dir(spec: ModelSpec, variant: str) -> Path:
+    # Both names come from the registry, but they become path parts (and the lock file's name): a name
+    # that could leave $FLAXZOO_HOME/checkpoints (or that the OS would cut at a NUL) is refused.
+    for part in (spec.name, variant):
+        if not isinstance(part, str) or part in ("", ".", "..") or any(c in part for c in ("/", "\\", "\0")):
+            raise ValueError(f"{spec.keras_name}: invalid weights variant or model name {part!r} for the cache")
     return flaxzoo_home() / "checkpoints" / spec.name / variant
 
 
