@@ -1,4 +1,5 @@
 import os
+import types
 
 # Keras is the reference in tests and must use the JAX backend; nothing may touch the network or ~.
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -17,6 +18,11 @@ def _isolated_homes(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FLAXZOO_HOME", str(home / "flaxzoo"))
     monkeypatch.setenv("KERAS_HOME", str(home / "keras"))
     monkeypatch.setenv("FLAXZOO_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    # A test that reaches the download code by accident fails at once instead of sleeping through the
+    # backoff (tests that check the backoff record the sleeps with test_download's `sleeps` fixture).
+    from flaxzoo.weights import files
+
+    monkeypatch.setattr(files, "time", types.SimpleNamespace(sleep=lambda seconds: None))
     yield
     jax.clear_caches()  # compiled executables of finished tests: GBs over the suite otherwise
 
