@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from flaxzoo import layers
 from flaxzoo.registry import create_model, get_spec, list_models
 
 import keras_reference as kr
@@ -72,9 +73,13 @@ def test_top_probabilities_match_keras(name, size_kind):
     np.testing.assert_array_equal(np.argmax(probs, -1), np.argmax(ref, -1))
 
 
+# NASNetLarge at its minimum size (32) is left out for CI time (~90 s alone): NASNetMobile covers the same
+# NASNet module at its minimum, and NASNetLarge is compared at 331 and 65.
+FEATURE_CASES = [(n, k) for k in ("default", "other", "min") for n in MODELS if (n, k) != ("nasnet_large", "min")]
+
+
 @pytest.mark.parity
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("size_kind", ["default", "other", "min"])
+@pytest.mark.parametrize("name, size_kind", FEATURE_CASES)
 def test_features_match_keras_with_each_pooling(name, size_kind):
     """pooling None (the feature map), 'avg' and 'max', against Keras' models built with each."""
     spec = get_spec(name)
@@ -91,14 +96,19 @@ def test_features_match_keras_with_each_pooling(name, size_kind):
 @pytest.mark.parity
 @pytest.mark.parametrize("name", MODELS)
 def test_train_mode_matches_keras_and_updates_bn_statistics(name):
-    """One training-mode forward pass: outputs (batch statistics) and the updated moving statistics."""
+    """One training-mode forward pass: outputs (batch statistics) and the updated moving statistics.
+
+    In Keras' own convolution operations: batch statistics of 2 small images amplify rounding, and the CPU
+    forms (1x1 as matrix products, depthwise as shifted sums), each equal to Keras' within 1e-5
+    (test_inference), moved InceptionV3's features by 1.2e-4 of their largest value here."""
     spec = get_spec(name)
     size = other_size(spec)
     x = kr.reference_inputs(name, size)
     with jax.default_matmul_precision("highest"):
         ref, ref_stats = kr.run_training(notop_reference(name, size), x)
     model, variables = spec.constructor(include_top=False, weights=kr.reference_h5(name, False))
-    out, updates = flax_apply(model, variables, x, train=True, mutable=["batch_stats"])
+    with layers.conv_implementation("keras"):
+        out, updates = flax_apply(model, variables, x, train=True, mutable=["batch_stats"])
     assert_features_close(out, ref)
     assert set(updates.get("batch_stats", {})) == set(ref_stats)
     for layer, stats in ref_stats.items():
