@@ -379,7 +379,7 @@ def _im2col_per_image(x, kernel, strides, padding):
     stride (measured at batch 8: 1.5-2.8x faster; with 64+ channels at stride 1 XLA's is as fast or faster).
     One image at a time keeps the patch matrix small (lax.map); the whole batch's would not fit the cache."""
     kh, kw, c, o = kernel.shape
-    (sh, sw), (n, h, w, _) = strides, x.shape
+    (sh, sw), (_, h, w, _) = strides, x.shape
     if padding == "SAME":
         ho, pad_h = _same_padding(h, kh, sh)
         wo, pad_w = _same_padding(w, kw, sw)

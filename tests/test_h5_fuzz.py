@@ -92,7 +92,6 @@ def _replace(f, m, make) -> list[str]:
 
 
 def mutate_h5(path, m: Mutation) -> list[str]:
-    rng = np.random.default_rng(m.seed)
     with h5py.File(path, "r+") as f:
         if m.kind == "drop_layer_names":
             del f.attrs["layer_names"]
