@@ -340,17 +340,22 @@ def _same_padding(size: int, k: int, s: int) -> tuple[int, tuple[int, int]]:
     return out, (total // 2, total - total // 2)
 
 
+def _padded(x, kh: int, kw: int, strides, padding: str):
+    """``x`` padded for a (kh, kw) window ('SAME': TF's split; 'VALID': as is) and the output height, width."""
+    (sh, sw), (h, w) = strides, x.shape[1:3]
+    if padding == "SAME":
+        ho, pad_h = _same_padding(h, kh, sh)
+        wo, pad_w = _same_padding(w, kw, sw)
+        return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))), ho, wo
+    return x, (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
 def _shifted_depthwise(x, kernel, strides, padding):
     """The same sum written as kh·kw strided slices times a per-channel weight: XLA:CPU fuses it into one
     vectorised loop (a 3x3 depthwise conv on (8, 112, 112, 64): 122 ms grouped, ~3 ms this way)."""
     kh, kw, c, m = kernel.shape
-    (sh, sw), (n, h, w, _) = strides, x.shape
-    if padding == "SAME":
-        ho, pad_h = _same_padding(h, kh, sh)
-        wo, pad_w = _same_padding(w, kw, sw)
-        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    else:
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    (sh, sw), n = strides, x.shape[0]
+    x, ho, wo = _padded(x, kh, kw, strides, padding)
     if m > 1:  # output channel c·m + k takes input channel c
         x = jnp.repeat(x, m, axis=-1)
     k = kernel.reshape(kh, kw, c * m).astype(x.dtype)
@@ -379,13 +384,8 @@ def _im2col_per_image(x, kernel, strides, padding):
     stride (measured at batch 8: 1.5-2.8x faster; with 64+ channels at stride 1 XLA's is as fast or faster).
     One image at a time keeps the patch matrix small (lax.map); the whole batch's would not fit the cache."""
     kh, kw, c, o = kernel.shape
-    (sh, sw), (_, h, w, _) = strides, x.shape
-    if padding == "SAME":
-        ho, pad_h = _same_padding(h, kh, sh)
-        wo, pad_w = _same_padding(w, kw, sw)
-        x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    else:
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    sh, sw = strides
+    x, ho, wo = _padded(x, kh, kw, strides, padding)
     k = kernel.reshape(kh * kw * c, o)
 
     def one(image):
