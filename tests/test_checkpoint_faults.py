@@ -25,7 +25,7 @@ def _largest(root: Path) -> Path:
 TARGETS = {  # what a damage hits, found in a written checkpoint
     "metadata_record": lambda d: d / checkpoint.METADATA_FILE,
     "orbax_tree_metadata": lambda d: d / checkpoint.STATE_DIR / "_METADATA",
-    "ocdbt_manifest": lambda d: d / checkpoint.STATE_DIR / "manifest.ocdbt",
+    "zarr_array_metadata": lambda d: _largest(d / checkpoint.STATE_DIR).parent / ".zarray",
     "array_data": lambda d: _largest(d / checkpoint.STATE_DIR),
     "state_dir": lambda d: d / checkpoint.STATE_DIR,
 }

@@ -308,6 +308,6 @@ def instantiate(
         return module, dict(variables)
     from flaxzoo.weights import load_variables
 
-    graph = graph_lib.trace(module, concrete)
+    graph = graph_lib.LazyGraph(module, concrete)  # traced only if the weights need it
     variant = variant or ("top" if module.include_top else "notop")
     return module, load_variables(spec, graph, weights, variant)

@@ -1,6 +1,7 @@
 """Weights: resolve → cache → download → convert, in one place.
 
-``load_variables(spec, graph, weights, variant)`` is what every constructor calls:
+``load_variables(spec, graph, weights, variant)`` is what every constructor calls (``graph`` a
+:class:`flaxzoo.graph.LazyGraph`: a checkpoint recorded for the same model structure restores untraced):
 
 * ``"imagenet"``: the converted checkpoint in ``$FLAXZOO_HOME/checkpoints/<model>/<variant>``; else the
   Keras file from ``$KERAS_HOME/models`` or a download (md5-checked), converted and cached.
@@ -62,7 +63,7 @@ def _locked(path: Path):
 def convert_file(spec: ModelSpec, graph: Graph, h5_path, variant: str | None) -> tuple[dict, dict]:
     """Convert a Keras .h5 for ``spec``; returns numpy variables and the checkpoint metadata."""
     variables, source = convert_h5(h5_path, graph, foreign_files=spec.foreign_files)
-    return variables, metadata(spec.name, variant, source)
+    return variables, dict(metadata(spec.name, variant, source), structure=graph.structure)
 
 
 def _converted_from(target: Path, md5: str | None) -> bool:
@@ -80,7 +81,7 @@ def _load_imagenet(spec: ModelSpec, graph: Graph, variant: str) -> dict:
     with _locked(target.parent / f".{variant}.lock"):
         if _converted_from(target, wf.md5):
             try:
-                return checkpoint.restore(target, graph.variables)[0]
+                return checkpoint.restore(target, lambda: graph.variables, structure=graph.structure)[0]
             except CheckpointError:
                 pass
         shutil.rmtree(target, ignore_errors=True)  # none, broken, or from a superseded file: (re)build it
@@ -99,7 +100,7 @@ def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, va
         model = checkpoint.read_metadata(path).get("model")
         if model not in (None, spec.name):
             raise CheckpointError(f"{path}: a checkpoint of {model}, not {spec.name}")
-        return checkpoint.restore(path, graph.variables)[0]
+        return checkpoint.restore(path, lambda: graph.variables, structure=graph.structure)[0]
     return checkpoint._to_device(convert_file(spec, graph, path, None)[0])
 
 

@@ -2,8 +2,10 @@
 
 Layout of a checkpoint directory::
 
-    <dir>/flaxzoo.json   metadata: model, variant, source file and md5, flaxzoo version, variable shapes
-    <dir>/state/         orbax StandardCheckpointer tree {'params': ..., 'batch_stats': ...}
+    <dir>/flaxzoo.json   metadata: model, variant, source file and md5, flaxzoo version, variable shapes,
+                         dtypes and crc32s, the model's structure key (flaxzoo.graph.structure_key)
+    <dir>/state/         orbax PyTree checkpoint {'params': ..., 'batch_stats': ...}: zarr v2 arrays, one
+                         uncompressed chunk each (not OCDBT), so that restores can read them directly
 
 Directories are written under a temporary name beside the destination and renamed into place, so a
 checkpoint directory either is complete or does not exist. Nothing here unpickles.
@@ -11,11 +13,14 @@ checkpoint directory either is complete or does not exist. Nothing here unpickle
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import numpy as np
 
 from flaxzoo.errors import CheckpointError
 from flaxzoo.weights.files import current_umask
+from flaxzoo.weights.host import aligned_array
 
 METADATA_FILE = "flaxzoo.json"
 STATE_DIR = "state"
@@ -45,6 +51,10 @@ def _solo():
 def _flat(tree) -> dict[str, Any]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in flat}
+
+
+def _dtypes(tree) -> dict[str, str]:
+    return {k: np.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype).str for k, v in _flat(tree).items()}
 
 
 def _checksums(tree) -> dict[str, int]:
@@ -82,6 +92,21 @@ def _verify(directory: Path, host: dict, expected: dict[str, int] | None) -> Non
         raise CheckpointError(f"{directory}: array data does not match its checksums (damaged on disk?): {bad[:5]}")
 
 
+@contextlib.contextmanager
+def _quiet_ocdbt_merge():
+    """Orbax warns on every non-OCDBT save that it found no OCDBT parts to merge: expected here."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("[process=") or "Skipping merge of OCDBT" not in record.getMessage()
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / METADATA_FILE).is_file()
 
@@ -99,11 +124,12 @@ def save(directory: str | os.PathLike, variables: dict, metadata: dict[str, Any]
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        # Uncompressed: float weights barely compress (~10%) and decompression slows every restore.
-        handler = ocp.PyTreeCheckpointHandler(use_compression=False, multiprocessing_options=_solo())
-        with ocp.Checkpointer(handler, multiprocessing_options=_solo()) as ckptr:
+        # Uncompressed (float weights barely compress, ~10%) and one zarr directory per array (not OCDBT):
+        # what _read_direct reads at memory speed; orbax reads it like any other checkpoint.
+        handler = ocp.PyTreeCheckpointHandler(use_compression=False, use_ocdbt=False, multiprocessing_options=_solo())
+        with _quiet_ocdbt_merge(), ocp.Checkpointer(handler, multiprocessing_options=_solo()) as ckptr:
             ckptr.save(tmp / STATE_DIR, args=ocp.args.PyTreeSave(variables))
-        record = dict(metadata, variables=_shapes(variables), crc32=_checksums(variables))
+        record = dict(metadata, variables=_shapes(variables), dtypes=_dtypes(variables), crc32=_checksums(variables))
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=1))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared cache from others
         try:
@@ -129,12 +155,51 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def restore(directory: str | os.PathLike, abstract_variables: dict | None = None) -> tuple[dict, dict]:
-    """Read a checkpoint; with ``abstract_variables`` (a tree of ShapeDtypeStructs) check it fits first."""
-    import orbax.checkpoint as ocp
+def _read_direct(state: Path, record: dict) -> dict | None:
+    """The arrays of ``state`` read straight from their zarr chunk files (~0.04 s for ResNet50's 100 MB,
+    against ~0.25 s through orbax and tensorstore), or None where the layout is not the one ``save`` writes
+    (an OCDBT checkpoint of an earlier flaxzoo, a chunked or compressed array, no recorded dtypes or
+    checksums, any surprise), for orbax to read instead. Every array is checked against its recorded crc32."""
+    shapes, dtypes, crcs = record.get("variables"), record.get("dtypes"), record.get("crc32")
+    if not (isinstance(shapes, dict) and shapes and isinstance(dtypes, dict) and isinstance(crcs, dict)):
+        return None
 
+    def read(key: str) -> np.ndarray | None:
+        shape, dtype = tuple(shapes[key]), np.dtype(dtypes[key])
+        directory = state / key.replace("/", ".")
+        zarray = json.loads((directory / ".zarray").read_text())
+        expected = {"zarr_format": 2, "shape": list(shape), "chunks": list(shape), "dtype": dtype.str,
+                    "compressor": None, "filters": None, "order": "C"}  # fmt: skip
+        if any(zarray.get(k) != v for k, v in expected.items()):
+            return None
+        array = aligned_array(shape, dtype)
+        chunk = ".".join("0" * len(shape)) or "0"
+        with open(directory / chunk, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != array.nbytes or f.readinto(array.reshape(-1).view(np.uint8)) != array.nbytes:
+                return None
+        return array if zlib.crc32(array) == crcs.get(key) else None  # crc32 releases the GIL: threads help
+
+    try:
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            arrays = dict(zip(shapes, pool.map(read, shapes)))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if any(a is None for a in arrays.values()) or set(arrays) != set(crcs):
+        return None
+    return _nest(arrays)
+
+
+def restore(directory: str | os.PathLike, abstract_variables=None, *, structure: str | None = None) -> tuple[dict, dict]:
+    """Read a checkpoint; with ``abstract_variables`` (a tree of ShapeDtypeStructs, or a function returning
+    one) check it fits first. The check is skipped when ``structure`` (the model's
+    :func:`flaxzoo.graph.structure_key`) equals the key recorded at save: the same code and configuration
+    gave the recorded shapes, and a function is then not called (it may trace the model)."""
     directory = Path(directory).absolute()
     record = read_metadata(directory)
+    if structure is not None and record.get("structure") == structure:
+        abstract_variables = None
+    if callable(abstract_variables):
+        abstract_variables = abstract_variables()
     if abstract_variables is not None:
         expected, stored = _shapes(abstract_variables), record.get("variables", {})
         if expected != stored:
@@ -148,7 +213,13 @@ def restore(directory: str | os.PathLike, abstract_variables: dict | None = None
             )
     shapes = record.get("variables")
     try:
-        if isinstance(shapes, dict) and shapes:
+        host = _read_direct(directory / STATE_DIR, record)
+        if host is not None:
+            variables = _to_device(host)
+        elif isinstance(shapes, dict) and shapes:
+            import orbax.checkpoint as ocp  # not imported by the direct read: ~0.1 s
+
+
             # Host arrays named by our own record: skips orbax's metadata pass and its per-array device
             # placement, the bulk of a restore's time; one device_put per layer follows.
             args = _nest({k: ocp.RestoreArgs(restore_type=np.ndarray) for k in shapes})
@@ -158,6 +229,8 @@ def restore(directory: str | os.PathLike, abstract_variables: dict | None = None
             _verify(directory, host, record.get("crc32"))
             variables = _to_device(host)
         else:
+            import orbax.checkpoint as ocp
+
             with ocp.StandardCheckpointer(multiprocessing_options=_solo()) as ckptr:
                 variables = ckptr.restore(directory / STATE_DIR, abstract_variables)
     except CheckpointError:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from flaxzoo.errors import WeightFileError
+from flaxzoo.weights.host import aligned_array
 
 
 def _decode(value) -> str:
@@ -42,11 +43,8 @@ def read_attr_list(group: h5py.Group, name: str) -> list[str] | None:
 def _read_aligned(ds: h5py.Dataset, align: int = 64) -> np.ndarray:
     """The dataset in a 64-byte aligned buffer: jax.device_put(..., may_alias=True) then adopts it on CPU
     instead of copying, so a converted file is held once (VGG16's fc1 kernel alone is 411 MB)."""
-    nbytes = int(np.prod(ds.shape)) * ds.dtype.itemsize
-    buffer = np.empty(nbytes + align, np.uint8)
-    offset = -buffer.ctypes.data % align
-    array = buffer[offset : offset + nbytes].view(ds.dtype).reshape(ds.shape)
-    if nbytes:
+    array = aligned_array(ds.shape, ds.dtype, align)
+    if array.size:
         ds.read_direct(array)
     return array
 
