@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: random weights without initialiser compilation, timing, memory."""
+"""Shared by the benchmark scripts: timing, memory, the machine. (Random weights: flaxzoo.testing.)"""
 
 from __future__ import annotations
 
@@ -9,27 +9,6 @@ import subprocess
 import time
 
 import jax
-import numpy as np
-
-
-def random_variables(model_name: str, seed: int = 0, **kwargs) -> tuple:
-    """``(module, variables)`` of a registered model with random weights drawn in numpy (He-scaled kernels,
-    batch norms at unit statistics): the same speed as trained weights, without compiling an initialiser."""
-    from flaxzoo.registry import create_model
-
-    model, abstract = create_model(model_name, abstract=True, weights=None, **kwargs)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        kind, shape = path[-1].key, leaf.shape
-        if kind in ("var", "scale"):
-            return np.ones(shape, np.float32)
-        if kind in ("mean", "bias"):
-            return np.zeros(shape, np.float32)
-        fan_in = int(np.prod(shape[:2])) if kind == "depthwise_kernel" else int(np.prod(shape[:-1]))
-        return (rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    return model, jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def block(x):
@@ -70,6 +49,12 @@ def matmul_roofline(n: int = 2048, dtype="float32", repeats: int = 5) -> float:
 def machine() -> dict:
     info = {"python": platform.python_version(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
             "cpus": os.cpu_count()}  # fmt: skip
+    # Settings that change the numbers (the allocator's, XLA's) are part of the machine's description.
+    info["env"] = {k: os.environ[k] for k in ("GLIBC_TUNABLES", "XLA_FLAGS", "MALLOC_ARENA_MAX") if k in os.environ}
+    try:
+        info["thp"] = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
+    except OSError:
+        pass
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import block, machine, matmul_roofline, median, random_variables, timed  # noqa: E402
+from common import block, machine, matmul_roofline, median, timed  # noqa: E402
+from flaxzoo.testing import random_variables  # noqa: E402
 
 import flaxzoo  # noqa: E402
 from flaxzoo import layers, sharding, train  # noqa: E402

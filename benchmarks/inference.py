@@ -30,10 +30,11 @@ def worker_flaxzoo_and_keras(name: str, batch: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from common import block, keras_model, median, peak_rss_mb, random_variables, rss_mb, timed
+    from common import block, keras_model, median, peak_rss_mb, rss_mb, timed
 
     import flaxzoo
     from flaxzoo.registry import get_spec
+    from flaxzoo.testing import random_variables
 
     spec = get_spec(name)
     size = spec.default_size
@@ -117,6 +118,8 @@ def run_worker(python: str, mode: str, name: str, args, env=None) -> dict | None
 
 def tensorflow_python(arg: str | None) -> str | None:
     if arg:
+        if not (os.path.isfile(arg) and os.access(arg, os.X_OK)):
+            sys.exit(f"--tf-python {arg}: not an executable Python")
         return arg
     import importlib.util
 
@@ -144,6 +147,8 @@ def markdown(rows: list[dict], roofline: float, machine: dict) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     desc = f"{machine.get('cpu', '?')} ({machine.get('cpus')} CPUs, {', '.join(machine.get('cpu_flags', []))}); jax {machine['jax']}"
+    env = " ".join(f"{k}={v}" for k, v in machine.get("env", {}).items())
+    desc += f"; environment: {env or 'default'} (transparent huge pages: {machine.get('thp', '?')})"
     return f"Machine: {desc}; float32 matmul roofline {roofline / 1e9:.1f} GFLOP/s.\n\n" + "\n".join(lines) + "\n"
 
 

@@ -23,10 +23,11 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 def bench(name: str, batch: int, repeats: int) -> dict:
     import jax
     import numpy as np
-    from common import keras_model, median, random_variables
+    from common import keras_model, median
 
     from flaxzoo import sharding, train
     from flaxzoo.registry import get_spec
+    from flaxzoo.testing import random_variables
 
     spec = get_spec(name)
     size = spec.default_size

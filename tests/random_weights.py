@@ -1,30 +1,16 @@
-"""Random "pretrained-shaped" weights without Keras or initialiser compilation: numpy draws, He-scaled by
-fan-in (depthwise kernels by their window), batch norms at identity statistics. Activations keep their
-scale through any depth, so features stay informative (unlike Keras' Glorot initialiser at depth)."""
+"""Random "pretrained-shaped" weights (:mod:`flaxzoo.testing`), as checkpoints, and calibrated batch norms."""
 
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import flaxzoo
-from flaxzoo.registry import create_model
+from flaxzoo import testing
 
 
 def random_variables(name: str, seed: int = 0, **kwargs) -> dict:
-    _, abstract = create_model(name, abstract=True, weights=None, **kwargs)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        kind, shape = path[-1].key, leaf.shape
-        if kind in ("var", "scale"):
-            return np.ones(shape, np.float32)
-        if kind in ("mean", "bias"):
-            return np.zeros(shape, np.float32)
-        fan_in = int(np.prod(shape[:2])) if kind == "depthwise_kernel" else int(np.prod(shape[:-1]))
-        return (rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
+    """The variables of :func:`flaxzoo.testing.random_variables` (the module is rebuilt where needed)."""
+    return testing.random_variables(name, seed, **kwargs)[1]
 
 
 def random_checkpoint(directory, name: str, seed: int = 0, **kwargs) -> str:
