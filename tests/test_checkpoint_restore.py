@@ -120,3 +120,12 @@ def test_imagenet_cache_hit_restores_without_tracing(valid, monkeypatch):  # noq
     monkeypatch.setattr(graph_lib, "trace", lambda *a, **k: pytest.fail("traced"))
     _, variables = SPEC.constructor(**build)
     assert tree_equal(jax.device_get(variables), reference)
+
+
+@pytest.mark.parametrize("key", ["..", ".", ""])
+def test_a_record_naming_no_array_directory_of_its_own_is_not_read_directly(saved, key):
+    directory, _, _ = saved
+    record = checkpoint.read_metadata(directory)
+    for field in ("variables", "dtypes", "crc32"):
+        record[field] = {key: next(iter(record[field].values()))}
+    assert checkpoint._read_direct(directory / checkpoint.STATE_DIR, record) is None
