@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -135,7 +136,7 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
 @functools.cache
 def _source_digest(module_name: str) -> bytes:
     files = {inspect.getsourcefile(sys.modules[m]) for m in (module_name, __name__, "flaxzoo.layers")}
-    return hashlib.sha256(b"".join(open(f, "rb").read() for f in sorted(files))).digest()
+    return hashlib.sha256(b"".join(Path(f).read_bytes() for f in sorted(files))).digest()
 
 
 def structure_key(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> str | None:

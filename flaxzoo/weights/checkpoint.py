@@ -97,7 +97,7 @@ def _quiet_ocdbt_merge():
     """Orbax warns on every non-OCDBT save that it found no OCDBT parts to merge: expected here."""
 
     def drop(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("[process=") or "Skipping merge of OCDBT" not in record.getMessage()
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
 
     logger = logging.getLogger("absl")
     logger.addFilter(drop)
@@ -220,7 +220,6 @@ def restore(directory: str | os.PathLike, abstract_variables=None, *, structure:
             variables = _to_device(host)
         elif isinstance(shapes, dict) and shapes:
             import orbax.checkpoint as ocp  # not imported by the direct read: ~0.1 s
-
 
             # Host arrays named by our own record: skips orbax's metadata pass and its per-array device
             # placement, the bulk of a restore's time; one device_put per layer follows.
