@@ -24,6 +24,7 @@ from flaxzoo import densenet, inception_resnet_v2, inception_v3, mobilenet, nasn
 from flaxzoo.registry import ModelSpec, create_model, get_spec, list_models
 from flaxzoo.weights import save_checkpoint
 from flaxzoo.inference import fold_batchnorm, predict_fn
+from flaxzoo.xla_options import compiler_options
 from flaxzoo.surgery import (
     TransferReport,
     Truncated,
@@ -43,6 +44,7 @@ __all__ = [
     "__version__",
     "TransferReport",
     "Truncated",
+    "compiler_options",
     "extract",
     "fold_batchnorm",
     "predict_fn",

@@ -128,7 +128,9 @@ def classify(
     """
     import jax
 
-    forward = jax.jit(model.apply)
+    from flaxzoo.xla_options import jit
+
+    forward = jit(model.apply)
     n = min(batch_size, len(paths))
     out = []
     for start in range(0, len(paths), n):

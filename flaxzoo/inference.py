@@ -19,6 +19,7 @@ from flax import linen as nn
 
 from flaxzoo.layers import BatchNormalization, Conv2D, DepthwiseConv2D, SeparableConv2D
 from flaxzoo.surgery import model_graph
+from flaxzoo.xla_options import jit
 
 _CONVS = (Conv2D, DepthwiseConv2D, SeparableConv2D)
 
@@ -97,11 +98,12 @@ def predict_fn(
 ) -> tuple[Callable, dict]:
     """A jitted ``f(variables, x) -> float32 outputs`` computing in ``dtype`` (``jnp.bfloat16``: bfloat16
     activations and kernels, float32 batch-norm arithmetic), optionally on folded batch norms; returns
-    ``(f, variables)`` (the variables f expects: folded ones with ``fold_bn``)."""
+    ``(f, variables)`` (the variables f expects: folded ones with ``fold_bn``). Compiled with
+    :func:`flaxzoo.xla_options.compiler_options`."""
     if fold_bn:
         model, variables = fold_batchnorm(model, variables)
 
-    @jax.jit
+    @jit
     def f(variables, x):
         return model.apply(variables, jnp.asarray(x).astype(dtype)).astype(jnp.float32)
 

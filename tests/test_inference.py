@@ -152,3 +152,30 @@ def test_bfloat16_inference_is_close_to_float32_on_real_weights():
         cosine = float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
         assert cosine > 0.99, (fold_bn, cosine)  # measured 0.996 (0.991 folded)
         assert np.mean(np.abs(a - b)) < 0.025 * np.max(np.abs(a)), fold_bn  # measured 1.4% (2.0% folded)
+
+
+def test_compiler_options_turn_ynnpack_off_on_cpu_only_and_yield_to_xla_flags(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert flaxzoo.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert flaxzoo.compiler_options("gpu") == {} and flaxzoo.compiler_options("tpu") == {}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT")
+    assert flaxzoo.compiler_options("cpu") == {}
+
+
+def test_predict_fn_and_train_steps_compile_without_ynnpack_fusions_and_match_default_jit(monkeypatch):
+    """The options reach XLA (no YNNPACK fusion in the compiled program) and change no result beyond rounding."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    import optax
+
+    from flaxzoo import sharding, train
+
+    model, variables = flaxzoo.MobileNet(alpha=0.25, weights=None, input_shape=(32, 32, 3), classes=10)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    f, v = flaxzoo.predict_fn(model, variables)
+    assert "ynn_fusion" not in f.lower(v, x).compile().as_text()
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(f(v, x), jax.jit(model.apply)(variables, x), rtol=1e-5, atol=1e-6)
+    mesh, tx = sharding.data_mesh(), optax.sgd(0.1)
+    state = sharding.replicate(train.create_train_state(variables, tx), mesh)
+    batch = sharding.global_batch({"image": x, "label": np.array([1, 2], np.int32)}, mesh)
+    assert "ynn_fusion" not in train.make_steps(model, tx, mesh).train.lower(state, batch).compile().as_text()

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from flaxzoo.layers import cross_replica_batch_norm
 from flaxzoo.sharding import batch_sharded, replicated
 from flaxzoo.train.state import TrainState
+from flaxzoo.xla_options import compiler_options
 
 PMAP_AXIS = "batch"
 
@@ -137,15 +138,16 @@ class Steps:
 def make_steps(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, config: StepConfig = StepConfig()) -> Steps:
     """jit steps over ``mesh``: state replicated, batches sharded along ``data``, the state's buffers donated."""
     repl, data = replicated(mesh), batch_sharded(mesh)
+    jit = functools.partial(jax.jit, compiler_options=compiler_options(mesh.devices.flat[0].platform))
     return Steps(
-        train=jax.jit(
+        train=jit(
             functools.partial(_train_step, model, tx, config),
             in_shardings=(repl, data),
             out_shardings=(repl, repl),
             donate_argnums=(0,),
         ),
-        eval=jax.jit(functools.partial(_eval_metrics, model, config), in_shardings=(repl, data), out_shardings=repl),
-        predict=jax.jit(functools.partial(_predict, model, config), in_shardings=(repl, data), out_shardings=data),
+        eval=jit(functools.partial(_eval_metrics, model, config), in_shardings=(repl, data), out_shardings=repl),
+        predict=jit(functools.partial(_predict, model, config), in_shardings=(repl, data), out_shardings=data),
     )
 
 
