@@ -378,27 +378,6 @@ def _pointwise_as_matmul(x, kernel, strides):
     return jnp.dot(x.reshape(n * h * w, c), kernel.reshape(c, -1)).reshape(n, h, w, -1)
 
 
-def _im2col_per_image(x, kernel, strides, padding):
-    """A convolution as one matrix product per image over its (pixels, kh·kw·C) patch matrix. Used on CPU
-    where XLA:CPU's convolution is slow: few input channels (stems on 3 channels, 32-channel stems) or a
-    stride (measured at batch 8: 1.5-2.8x faster; with 64+ channels at stride 1 XLA's is as fast or faster).
-    One image at a time keeps the patch matrix small (lax.map); the whole batch's would not fit the cache."""
-    kh, kw, c, o = kernel.shape
-    sh, sw = strides
-    x, ho, wo = _padded(x, kh, kw, strides, padding)
-    k = kernel.reshape(kh * kw * c, o)
-
-    def one(image):
-        patches = [
-            jax.lax.slice(image, (i, j, 0), (i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (sh, sw, 1))
-            for i in range(kh)
-            for j in range(kw)
-        ]
-        return jnp.dot(jnp.concatenate(patches, -1).reshape(ho * wo, kh * kw * c), k).reshape(ho, wo, o)
-
-    return jax.lax.map(one, x)
-
-
 CONV_IMPLEMENTATIONS = ("auto", "keras", "cpu")
 _CONV: contextvars.ContextVar[str] = contextvars.ContextVar("flaxzoo_conv", default="auto")
 
@@ -408,8 +387,7 @@ def conv_implementation(name: str):
     """Choose how convolutions are traced within this context: ``"auto"`` (default: the ``"cpu"`` forms on
     CPU, Keras' elsewhere, decided when XLA lowers for the platform), ``"keras"`` (Keras' own operations:
     grouped depthwise convolutions, 1x1 convolutions as convolutions; cuDNN's and TPU's fast path, and
-    bit-identical to Keras) or ``"cpu"`` (depthwise as shifted multiply-adds, 1x1 as matrix products,
-    convolutions on few channels or with a stride as per-image patch-matrix products).
+    bit-identical to Keras) or ``"cpu"`` (depthwise as shifted multiply-adds, 1x1 as matrix products).
     The forms are equal within float32 rounding. Read when a function is traced: a function jax has
     already traced and cached keeps the form it was traced with."""
     if name not in CONV_IMPLEMENTATIONS:
@@ -431,8 +409,10 @@ def _by_platform(x, kernel, *, cpu: Callable, keras: Callable):
 
 
 def conv2d(x, kernel, strides, padding: str, dilation_rate: IntPair = 1):
-    """Keras' Conv2D convolution (HWIO kernel); on CPU 1x1 kernels as matrix products, and convolutions on
-    ≤ 32 channels or with a stride as patch-matrix products."""
+    """Keras' Conv2D convolution (HWIO kernel); on CPU 1x1 kernels as matrix products. Larger kernels stay
+    XLA's convolution everywhere: on CPU, compiled with :func:`flaxzoo.compiler_options` (no YNNPACK), it
+    is as fast as a patch-matrix product or faster (2x on 32-64 channels at stride 1), and much faster
+    than YNNPACK's."""
     strides, padding, dilation = _pair(strides), padding.upper(), _pair(dilation_rate)
 
     def keras(x, kernel):
@@ -443,8 +423,6 @@ def conv2d(x, kernel, strides, padding: str, dilation_rate: IntPair = 1):
 
     if kernel.shape[:2] == (1, 1):
         return _by_platform(x, kernel, cpu=lambda x, k: _pointwise_as_matmul(x, k, strides), keras=keras)
-    if dilation == (1, 1) and (x.shape[-1] <= 32 or strides != (1, 1)):
-        return _by_platform(x, kernel, cpu=lambda x, k: _im2col_per_image(x, k, strides, padding), keras=keras)
     return keras(x, kernel)
 
 
