@@ -9,7 +9,7 @@ one step); at 64x64 the three runs agree to ~1e-7.
 
 Compiled as users' programs are: without the suite's LLVM -O0 (a compile-time saving), under which the
 1-device and 8-device programs contract multiply-adds differently and differ by 1.5e-5; and in Keras'
-convolution operations on XLA's default options (see the end)."""
+convolution operations (see the end)."""
 
 import json
 import os
@@ -81,11 +81,7 @@ if __name__ == "__main__":
     # Keras' convolution operations: this checks what sharding does to a step (batch norm over the global
     # batch, averaged gradients). The CPU forms' matrix products block differently for 16 images on one
     # device and 2 per device, which alone moved the parameters by 1.6e-5 (against 1.4e-7 this way).
-    # For the same reason on XLA's default options (flaxzoo.compiler_options turns YNNPACK off on CPU, and
-    # XLA's own convolution then rounds 16 images differently from 2: 2.5e-5, the 8-device jit and pmap
-    # runs agreeing exactly with each other).
-    from flaxzoo import layers, xla_options
+    from flaxzoo import layers
 
-    xla_options.CPU_OPTIONS.clear()
     with layers.conv_implementation("keras"):
         main()

@@ -138,9 +138,10 @@ class Steps:
 def make_steps(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, config: StepConfig = StepConfig()) -> Steps:
     """jit steps over ``mesh``: state replicated, batches sharded along ``data``, the state's buffers donated."""
     repl, data = replicated(mesh), batch_sharded(mesh)
+    # forward-only steps without YNNPACK on CPU; the train step keeps XLA's defaults (see flaxzoo.xla_options)
     jit = functools.partial(jax.jit, compiler_options=compiler_options(mesh.devices.flat[0].platform))
     return Steps(
-        train=jit(
+        train=jax.jit(
             functools.partial(_train_step, model, tx, config),
             in_shardings=(repl, data),
             out_shardings=(repl, repl),
