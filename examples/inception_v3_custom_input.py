@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flaxzoo
 from flaxzoo.image import img_to_array, load_img
 from flaxzoo.inception_v3 import InceptionV3, decode_predictions, preprocess_input
 
@@ -37,7 +38,7 @@ def main(argv=None):
 
     img = load_img(args.image, target_size=(224, 224))
     x = preprocess_input(np.expand_dims(img_to_array(img), axis=0))
-    preds = jax.jit(model.apply)(variables, x)
+    preds = jax.jit(model.apply, compiler_options=flaxzoo.compiler_options())(variables, x)
     decoded = decode_predictions(preds, top=3, class_index=args.class_index)[0]
     print("Predicted:", [(wnid, label, float(score)) for wnid, label, score in decoded])
     return preds

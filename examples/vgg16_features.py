@@ -17,6 +17,7 @@ import argparse
 import jax
 import numpy as np
 
+import flaxzoo
 from flaxzoo.image import img_to_array, load_img
 from flaxzoo.vgg16 import VGG16, preprocess_input
 
@@ -34,7 +35,7 @@ def main(argv=None):
     img = load_img(args.image, target_size=(args.image_size, args.image_size))
     x = preprocess_input(np.expand_dims(img_to_array(img), axis=0))
 
-    features = jax.jit(model.apply)(variables, x)
+    features = jax.jit(model.apply, compiler_options=flaxzoo.compiler_options())(variables, x)
     print("features:", features.shape, f"mean {float(features.mean()):.4f}")
     return features
 

@@ -41,7 +41,7 @@ def main(argv=None):
     img = load_img(args.image, target_size=(size, size))
     x = preprocess_input(np.expand_dims(img_to_array(img), axis=0))
 
-    features = jax.jit(model.apply)(variables, x)
+    features = jax.jit(model.apply, compiler_options=flaxzoo.compiler_options())(variables, x)
     print(f"{args.layer} features:", features.shape)
     return features
 
