@@ -11,6 +11,7 @@ checkpoints, and the ``flaxzoo finetune`` loop.
 """
 
 from flaxzoo.train.checkpoints import TrainCheckpoints
+from flaxzoo.train.faults import Interrupted
 from flaxzoo.train.state import OPTIMIZERS, TrainState, create_train_state, make_optimizer
 from flaxzoo.train.steps import StepConfig, Steps, make_pmap_steps, make_steps
 
@@ -19,6 +20,7 @@ __all__ = [
     "ArraySource",
     "Augment",
     "ImageFolder",
+    "Interrupted",
     "StepConfig",
     "Steps",
     "TrainCheckpoints",
