@@ -13,6 +13,7 @@ process, Keras included, keeps the defaults.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -28,7 +29,18 @@ def compiler_options(backend: str | None = None, *, training: bool = False) -> d
     set in ``XLA_FLAGS`` wins: flaxzoo then leaves it alone."""
     if training or (backend or jax.default_backend()) != "cpu" or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
         return {}
-    return dict(CPU_OPTIONS)
+    return dict(CPU_OPTIONS) if _cpu_accepts(tuple(CPU_OPTIONS.items())) else {}
+
+
+@functools.cache
+def _cpu_accepts(options: tuple) -> bool:
+    """Whether this jaxlib's XLA:CPU knows the options (jaxlib before YNNPACK rejects an unknown one)."""
+    try:
+        x = jax.device_put(0.0, jax.devices("cpu")[0])
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(x).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
 
 
 def jit(fun: Callable, **kwargs) -> Callable:

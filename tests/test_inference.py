@@ -147,6 +147,10 @@ def test_compiler_options_turn_ynnpack_off_on_cpu_only_and_yield_to_xla_flags(mo
     assert flaxzoo.compiler_options("cpu", training=True) == {}  # the backward pass is faster with YNNPACK
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT")
     assert flaxzoo.compiler_options("cpu") == {}
+    # a jaxlib whose XLA:CPU does not know an option gets none (an unknown option fails every compile)
+    from flaxzoo import xla_options
+
+    assert not xla_options._cpu_accepts((("xla_cpu_no_such_option", ""),))
 
 
 def test_predict_fn_and_predict_step_compile_without_ynnpack_fusions_and_match_default_jit(monkeypatch):
