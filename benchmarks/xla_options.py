@@ -19,7 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-YNN = "xla_cpu_experimental_ynn_fusion_type"
+from flaxzoo.xla_options import YNN_FUSION_TYPE as YNN  # noqa: E402
+
 CANDIDATES = {
     "default": {},
     "no_ynn": {YNN: ""},  # no operation handed to YNNPACK
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     from flaxzoo.xla_options import compiler_options
 
     names = args.models.split(",") if args.models else list_models()
+    shipped = next((k for k, v in CANDIDATES.items() if v == compiler_options("cpu")), "other")
     rows = []
     for name in names:
         proc = subprocess.run([sys.executable, __file__, "--worker", name, "--batch", str(args.batch),
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return proc.returncode
         row = json.loads(proc.stdout.strip().splitlines()[-1])
-        row["shipped"] = next((k for k, v in CANDIDATES.items() if v == compiler_options("cpu")), "other")
+        row["shipped"] = shipped
         rows.append(row)
         print(" ".join([name] + [f"{k}={row[f'{k}_ms']:.0f}ms" for k in CANDIDATES] + [f"shipped={row['shipped']}"]),
               flush=True)  # fmt: skip

@@ -43,7 +43,8 @@ def _cpu_accepts(options: tuple) -> bool:
     return True
 
 
-def jit(fun: Callable, **kwargs) -> Callable:
-    """``jax.jit(fun, **kwargs)`` of a forward pass, compiled with :func:`compiler_options` (merged under
-    any given ones)."""
-    return jax.jit(fun, compiler_options={**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}, **kwargs)
+def jit(fun: Callable, *, platform: str | None = None, **kwargs) -> Callable:
+    """``jax.jit(fun, **kwargs)`` of a forward pass, compiled with :func:`compiler_options` for ``platform``
+    (default: jax's default backend), merged under any given ones."""
+    given = kwargs.pop("compiler_options", None) or {}
+    return jax.jit(fun, compiler_options={**compiler_options(platform), **given}, **kwargs)

@@ -25,10 +25,10 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from flaxzoo import xla_options
 from flaxzoo.layers import cross_replica_batch_norm
 from flaxzoo.sharding import batch_sharded, replicated
 from flaxzoo.train.state import TrainState
-from flaxzoo.xla_options import compiler_options
 
 PMAP_AXIS = "batch"
 
@@ -139,7 +139,7 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, c
     """jit steps over ``mesh``: state replicated, batches sharded along ``data``, the state's buffers donated."""
     repl, data = replicated(mesh), batch_sharded(mesh)
     # forward-only steps without YNNPACK on CPU; the train step keeps XLA's defaults (see flaxzoo.xla_options)
-    jit = functools.partial(jax.jit, compiler_options=compiler_options(mesh.devices.flat[0].platform))
+    jit = functools.partial(xla_options.jit, platform=mesh.devices.flat[0].platform)
     return Steps(
         train=jax.jit(
             functools.partial(_train_step, model, tx, config),
