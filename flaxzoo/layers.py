@@ -526,6 +526,16 @@ def cross_replica_batch_norm(axis_name: str):
         _BATCH_AXIS_NAME.reset(token)
 
 
+def batch_moments(x, axes: tuple[int, ...]):
+    """Training-mode batch norm's biased mean and variance over ``axes``; within
+    :func:`cross_replica_batch_norm`, those of the global batch (the shards are equal in size)."""
+    axis_name = _BATCH_AXIS_NAME.get()
+    if axis_name is None:
+        return jnp.mean(x, axes), jnp.var(x, axis=axes)
+    mean = jax.lax.pmean(jnp.mean(x, axes), axis_name)
+    return mean, jax.lax.pmean(jnp.mean(jnp.square(x - mean), axes), axis_name)
+
+
 class BatchNormalization(KerasLayer):
     """keras.layers.BatchNormalization over the last axis.
 
@@ -564,14 +574,7 @@ class BatchNormalization(KerasLayer):
         out_dtype = x.dtype
         x = x.astype(jnp.result_type(x.dtype, jnp.float32))
         if training:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axes)
-            axis_name = _BATCH_AXIS_NAME.get()
-            if axis_name is not None:  # statistics of the global batch, from equal per-device shards
-                mean = jax.lax.pmean(mean, axis_name)
-                var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axes), axis_name)
-            else:
-                var = jnp.var(x, axis=axes)
+            mean, var = batch_moments(x, tuple(range(x.ndim - 1)))
             if not self.is_initializing():
                 m = self.momentum
                 moving_mean.value = moving_mean.value * m + mean * (1.0 - m)

@@ -27,11 +27,20 @@ from flaxzoo.registry import get_spec, list_models
 from flaxzoo.weights import checkpoint
 
 import keras_reference as kr
+import tolerances
 
 SHARED_DATA = kr.SHARED_DATA  # Path(__file__).resolve().parents[1].parent / "shared" / "data", or its override
 ELEPHANT = str(SHARED_DATA / "elephant.jpg")
 CLASS_INDEX = SHARED_DATA / "imagenet_class_index.json"
 MODEL = "resnet50"
+
+
+def printed_probability_atol() -> float:
+    """The CLI's probabilities against another computation's: float32 rounding of the network
+    (tolerances.probability_atol), plus half a unit of the sixth decimal it prints."""
+    from flaxzoo.registry import create_model
+
+    return tolerances.probability_atol(create_model(MODEL, abstract=True, weights=None)[1]) + 0.5e-6
 
 
 def console_script() -> str:
@@ -113,10 +122,11 @@ def test_predict_matches_keras(reference, h5_table):
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
     # The printed probabilities are Keras' five largest, and each is Keras' probability of its class
     # (so the classes are Keras' top five, up to the order of classes closer than the tolerance).
-    np.testing.assert_allclose([r[3] for r in rows], np.sort(ref)[::-1][:5], rtol=0, atol=1e-5)
+    atol = printed_probability_atol()
+    np.testing.assert_allclose([r[3] for r in rows], np.sort(ref)[::-1][:5], rtol=0, atol=atol)
     for _, wnid, name, prob in rows:
         assert name == index[str(by_wnid[wnid])][1]
-        assert abs(prob - ref[by_wnid[wnid]]) <= 1e-5
+        assert abs(prob - ref[by_wnid[wnid]]) <= atol
     assert h5_table.splitlines()[0] == ELEPHANT
 
 
@@ -159,8 +169,15 @@ def test_predict_batches_several_images(reference, h5_table, tmp_path):
     assert [b.splitlines()[0] for b in blocks] == [ELEPHANT, str(flipped), ELEPHANT]
     assert blocks[0] == blocks[2]
     single = parse_tables(h5_table)[ELEPHANT]
-    for ours, full in zip(parse_tables(blocks[0])[ELEPHANT], single[:3]):
-        assert ours[:3] == full[:3] and abs(ours[3] - full[3]) <= 1e-6
+    # A batch of two is another program than a batch of one (other kernel blocking): each class keeps its
+    # probability up to rounding, and classes closer than that may trade places.
+    atol = printed_probability_atol()
+    by_class = {wnid: (name, prob) for _, wnid, name, prob in single}
+    ours = parse_tables(blocks[0])[ELEPHANT]
+    assert [r[0] for r in ours] == [1, 2, 3]
+    for (_, wnid, name, prob), (_, _, _, full) in zip(ours, single):
+        assert by_class[wnid][0] == name and abs(prob - by_class[wnid][1]) <= atol
+        assert abs(prob - full) <= atol  # the k-th largest probability, whichever class has it
     assert len(parse_tables(blocks[1])[str(flipped)]) == 3
 
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import flaxzoo
 
 import keras_reference as kr
+import tolerances
 from random_weights import random_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -38,7 +40,9 @@ def test_example_vgg16_features(tmp_path):
     features = example("vgg16_features").main([ELEPHANT, "--weights", weights, "--image-size", "64"])
     assert features.shape == (1, 2, 2, 512)
     pooled = example("vgg16_features").main([ELEPHANT, "--weights", weights, "--image-size", "64", "--pooling", "avg"])
-    np.testing.assert_allclose(pooled, features.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    # two programs (with and without the pooling layer): the network's rounding, then a mean of 4 values
+    abstract = flaxzoo.create_model("vgg16", abstract=True, weights=None, include_top=False)[1]
+    tolerances.assert_features_close(pooled, features.mean(axis=(1, 2)), abstract)
 
 
 def test_example_vgg19_block4_pool(tmp_path):
@@ -79,7 +83,8 @@ def test_example_inception_v3_custom_input_tensor(tmp_path, name):
     weights = random_checkpoint(tmp_path, name)
     preds = example("inception_v3_custom_input").main([ELEPHANT, "--weights", weights, "--class-index", CLASS_INDEX])
     assert preds.shape == (1, 1000)
-    np.testing.assert_allclose(np.asarray(preds).sum(), 1.0, rtol=1e-5)
+    # the softmax's normaliser and this sum each add 1000 float32 terms
+    np.testing.assert_allclose(np.asarray(preds).sum(), 1.0, rtol=2 * tolerances.gamma(1000))
 
 
 def test_every_example_is_tested_and_documented():

@@ -12,6 +12,7 @@ from flaxzoo.inference import foldable_batchnorms
 from flaxzoo.registry import create_model, get_spec, list_models
 
 import keras_reference as kr
+import tolerances
 from random_weights import random_variables
 
 DEPTHWISE_CASES = [  # input shape, kernel, stride, padding, depth multiplier
@@ -32,7 +33,8 @@ POINTWISE_CASES = [  # input shape, filters, stride, padding
 
 
 def _cpu_form_equals_keras_form(f, *args):
-    """``f`` under conv_implementation("cpu") equals "keras", values and gradients, within 1e-5 relative."""
+    """``f`` under conv_implementation("cpu") equals "keras", values and gradients, within float32 rounding of
+    the longest sum involved: a kernel's window (forward) or every output pixel (the kernel's gradient)."""
 
     def run(impl):
         def g(*a):
@@ -46,8 +48,9 @@ def _cpu_form_equals_keras_form(f, *args):
 
     (y_ref, g_ref), (y, g) = run("keras"), run("cpu")
     assert y.shape == y_ref.shape
+    tol = tolerances.sum_rtol(max(int(np.prod(args[1].shape[:-1])), int(np.prod(y.shape[:3]))))
     for ours, ref in [(y, y_ref), *zip(g, g_ref)]:
-        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+        np.testing.assert_allclose(ours, ref, rtol=tol, atol=tol * float(jnp.max(jnp.abs(ref))))
 
 
 @pytest.mark.parametrize("shape, k, stride, padding, multiplier", DEPTHWISE_CASES)
@@ -87,7 +90,7 @@ def test_auto_lowers_to_the_cpu_forms_on_cpu_and_keras_forms_on_request():
 
 @pytest.mark.parametrize("name", list_models())
 def test_folded_batchnorm_matches_the_model(name):
-    """Random weights and batch-norm statistics far from (0, 1); features within 1e-4 relative."""
+    """Random weights and batch-norm statistics far from (0, 1); features within float32 rounding."""
     size = 2 * get_spec(name).min_size + 1
     model, _ = create_model(name, abstract=True, weights=None, include_top=False, input_shape=(size, size, 3))
     variables = random_variables(name, include_top=False, input_shape=(size, size, 3))
@@ -105,8 +108,7 @@ def test_folded_batchnorm_matches_the_model(name):
     with jax.default_matmul_precision("highest"):
         ref = jax.jit(model.apply)(variables, x)
         ours = jax.jit(folded_model.apply)(folded, x)
-    scale = float(jnp.max(jnp.abs(ref)))
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)
+    tolerances.assert_features_close(ours, ref, variables)
     folded_names = foldable_batchnorms(model)
     assert folded_model.folded == frozenset(folded_names)
     assert not set(folded_names) & set(folded.get("batch_stats", {}))
@@ -135,9 +137,9 @@ def test_bfloat16_inference_is_close_to_float32_on_real_weights():
         bf16, vb = flaxzoo.predict_fn(model, variables, dtype=jnp.bfloat16, fold_bn=fold_bn)
         b = np.asarray(bf16(vb, x))
         assert b.dtype == np.float32
-        cosine = float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
-        assert cosine > 0.99, (fold_bn, cosine)  # measured 0.996 (0.991 folded)
-        assert np.mean(np.abs(a - b)) < 0.025 * np.max(np.abs(a)), fold_bn  # measured 1.4% (2.0% folded)
+        # 28 layers: 0.23 (measured: 0.09, folded 0.13); garbage would be ~1
+        distance = float(np.linalg.norm(a - b) / np.linalg.norm(a))
+        assert distance <= tolerances.bfloat16_rtol(len(tolerances.fan_ins(variables))), (fold_bn, distance)
 
 
 def test_compiler_options_turn_ynnpack_off_on_cpu_only_and_yield_to_xla_flags(monkeypatch):
@@ -160,12 +162,14 @@ def test_predict_fn_and_predict_step_compile_without_ynnpack_fusions_and_match_d
 
     from flaxzoo import sharding, train
 
-    model, variables = flaxzoo.MobileNet(alpha=0.25, weights=None, input_shape=(32, 32, 3), classes=10)
+    model, variables = flaxzoo.MobileNet(
+        alpha=0.25, weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None
+    )
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     f, v = flaxzoo.predict_fn(model, variables)
     assert "ynn_fusion" not in f.lower(v, x).compile().as_text()
     with jax.default_matmul_precision("highest"):
-        np.testing.assert_allclose(f(v, x), jax.jit(model.apply)(variables, x), rtol=1e-5, atol=1e-6)
+        tolerances.assert_features_close(f(v, x), jax.jit(model.apply)(variables, x), variables)  # logits
     mesh, tx = sharding.data_mesh(), optax.sgd(0.1)
     state = sharding.replicate(train.create_train_state(variables, tx), mesh)
     images = sharding.global_batch(x, mesh)

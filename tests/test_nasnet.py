@@ -42,7 +42,7 @@ def test_notop_features_match_keras_at_even_and_odd_sizes():
     for size in (100, 109):
         x = kr.reference_inputs("nasnet_mobile", size)
         ref = kr.run(kr.reference_model("nasnet_mobile", False, size), x)
-        assert_features_close(flax_apply(model, variables, x), ref)
+        assert_features_close(flax_apply(model, variables, x), ref, variables)
 
 
 @pytest.mark.parity
@@ -68,7 +68,7 @@ def test_nasnet_large_notop_imagenet_without_input_shape(monkeypatch):
     keras.backend.clear_session()
     keras_model = keras.applications.NASNetLarge(include_top=False, weights=str(source), input_shape=(331, 331, 3))
     x = kr.reference_inputs("nasnet_large", 331, n=1)
-    assert_features_close(flax_apply(model, variables, x), kr.run(keras_model, x))
+    assert_features_close(flax_apply(model, variables, x), kr.run(keras_model, x), variables)
 
     keras.backend.clear_session()
     with pytest.raises(ValueError, match="Model expected 526 layers, found 532 saved layers"):

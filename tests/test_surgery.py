@@ -16,6 +16,7 @@ from flaxzoo import cli
 from flaxzoo.registry import create_model, get_spec, list_models
 
 import keras_reference as kr
+import tolerances
 from test_parity import assert_features_close, flax_apply, notop_reference, other_size
 
 MODELS = list_models()
@@ -75,8 +76,8 @@ def test_extract_and_truncate_equal_keras_intermediate_outputs(name):
         outputs = jax.jit(lambda v, x: flaxzoo.extract(model, v, x, layers))(variables, x)
     assert set(outputs) == set(layers)
     for layer, ref in zip(layers, refs):
-        assert_features_close(outputs[layer], ref)
-    assert_features_close(flax_apply(flaxzoo.truncate(model, layers[1]), variables, x), refs[1])
+        assert_features_close(outputs[layer], ref, variables)
+    assert_features_close(flax_apply(flaxzoo.truncate(model, layers[1]), variables, x), refs[1], variables)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -217,7 +218,7 @@ def test_input_tensor_bypasses_the_default_shape_check_like_keras(name):
     keras.backend.clear_session()
     ref_model = keras.applications.InceptionV3(input_tensor=keras.Input((224, 224, 3)), weights=str(path))
     x = kr.reference_inputs("inception_v3", 224)
-    np.testing.assert_allclose(flax_apply(model, variables, x), kr.run(ref_model, x), atol=1e-5)
+    tolerances.assert_probabilities_close(flax_apply(model, variables, x), kr.run(ref_model, x), variables)
     with pytest.raises(ValueError, match=r"should be \(299, 299, 3\)"):
         spec.constructor(input_shape=(224, 224, 3), weights="imagenet")
     assert model.input_shape == (224, 224, 3)
@@ -253,5 +254,6 @@ def test_pretrained_backbone_inside_a_user_module():
     x = kr.reference_inputs("mobilenet", 224)
     features = jax.jit(backbone.apply)(pretrained, x)
     inner = jax.jit(nn.apply(lambda m, x: m.backbone(x), model))(variables, x)
-    np.testing.assert_allclose(inner, features, rtol=1e-6, atol=1e-6)
+    # the same layers and weights in another program: XLA may fuse them otherwise
+    tolerances.assert_features_close(inner, features, pretrained)
     assert jax.eval_shape(model.apply, variables, x).shape == (2, 200)

@@ -152,6 +152,11 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, c
     )
 
 
+def average_over_devices(tree):
+    """The pmap step's gradient all-reduce: the mean over devices, which a step on the global batch gives."""
+    return jax.lax.pmean(tree, PMAP_AXIS)
+
+
 def make_pmap_steps(model: nn.Module, tx: optax.GradientTransformation, config: StepConfig = StepConfig()) -> Steps:
     """``jax.pmap`` steps for codebases on pmap: state replicated per local device
     (:func:`flaxzoo.sharding.pmap_replicate`), batches split per device (:func:`flaxzoo.sharding.pmap_split`).
@@ -163,7 +168,7 @@ def make_pmap_steps(model: nn.Module, tx: optax.GradientTransformation, config: 
         local = state.replace(rng=jax.random.key_data(key))
         with cross_replica_batch_norm(PMAP_AXIS):
             grads, batch_stats, loss_sum, correct = _gradients(model, local, batch, config)
-        grads = jax.lax.pmean(grads, PMAP_AXIS)
+        grads = average_over_devices(grads)
         count = jax.lax.psum(jnp.asarray(batch["label"].shape[0], jnp.float32), PMAP_AXIS)
         metrics = {
             "loss": jax.lax.psum(loss_sum, PMAP_AXIS) / count,
