@@ -20,7 +20,7 @@ from flaxzoo.testing import random_variables  # noqa: E402
 
 import flaxzoo  # noqa: E402
 from flaxzoo import layers, sharding, train  # noqa: E402
-from flaxzoo.registry import get_spec  # noqa: E402
+from flaxzoo.zoo import get_spec  # noqa: E402
 
 SPEC_PEAK = {"H100": {"bfloat16": 989e12, "float32": 67e12}, "H200": {"bfloat16": 989e12, "float32": 67e12}}
 BATCH = int(os.environ.get("FLAXZOO_BENCH_BATCH", 256))

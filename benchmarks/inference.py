@@ -33,7 +33,7 @@ def worker_flaxzoo_and_keras(name: str, batch: int, repeats: int) -> dict:
     from common import block, keras_model, median, peak_rss_mb, rss_mb, timed
 
     import flaxzoo
-    from flaxzoo.registry import get_spec
+    from flaxzoo.zoo import get_spec
     from flaxzoo.testing import random_variables
 
     spec = get_spec(name)
@@ -105,7 +105,7 @@ def run_worker(python: str, mode: str, name: str, args, env=None) -> dict | None
     cmd = [python, str(Path(__file__).resolve()), "--worker", mode, "--models", name, "--batch", str(args.batch),
            "--repeats", str(args.repeats)]  # fmt: skip
     if mode == "tf":
-        from flaxzoo.registry import get_spec
+        from flaxzoo.zoo import get_spec
 
         spec = get_spec(name)
         cmd += ["--keras-name", spec.keras_name, "--size", str(spec.default_size)]
@@ -173,7 +173,7 @@ def main():
 
     from common import machine, matmul_roofline
 
-    from flaxzoo.registry import list_models
+    from flaxzoo.zoo import list_models
 
     names = list_models() if args.models == "all" else args.models.split(",")
     info = machine()

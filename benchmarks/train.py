@@ -26,7 +26,7 @@ def bench(name: str, batch: int, repeats: int) -> dict:
     from common import keras_model, median
 
     from flaxzoo import sharding, train
-    from flaxzoo.registry import get_spec
+    from flaxzoo.zoo import get_spec
     from flaxzoo.testing import random_variables
 
     spec = get_spec(name)

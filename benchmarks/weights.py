@@ -1,7 +1,8 @@
 """Weight loading: restoring ResNet50 from the flaxzoo (orbax) cache against converting its Keras .h5,
-and the peak memory of converting a VGG16-sized file (the converter streams layer by layer).
+and the peak memory of converting a VGG16-sized file (the converter streams layer by layer), and with
+``--large convnext_xlarge`` a 1.4 GB one (its no-top file).
 
-    python benchmarks/weights.py
+    python benchmarks/weights.py [--large convnext_xlarge]
 
 Uses random-weight .h5 files written by Keras (the published files are not needed). Each measurement
 runs in a fresh process, so peak RSS is that of the step alone. Writes results/weights.json and .md.
@@ -26,7 +27,7 @@ sys.path.insert(0, {here!r})
 import numpy as np
 import jax
 from common import peak_rss_mb, rss_mb
-from flaxzoo.registry import get_spec
+from flaxzoo.zoo import get_spec
 spec = get_spec({model!r})
 base = rss_mb()
 start = time.perf_counter()
@@ -51,7 +52,7 @@ def write_h5(name: str, top: bool, path: Path) -> Path:
     from common import keras_model
     from keras.src.legacy.saving import legacy_h5_format
 
-    from flaxzoo.registry import get_spec
+    from flaxzoo.zoo import get_spec
 
     model = keras_model(get_spec(name), include_top=top)
     # Random values (not the builder's placeholder zeros): orbax compresses, so zeros would flatter the cache.
@@ -63,9 +64,8 @@ def write_h5(name: str, top: bool, path: Path) -> Path:
     return path
 
 
-def main(repeats: int = 5):
-    from flaxzoo.cli import convert_to_checkpoint
-    from flaxzoo.registry import get_spec
+def main(repeats: int = 5, large: str | None = None):
+    from flaxzoo.zoo import convert_to_checkpoint, get_spec
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +87,10 @@ def main(repeats: int = 5):
         rows["resnet50_from_h5"], rows["resnet50_from_orbax"] = median(h5_runs), median(ckpt_runs)
         rows["resnet50_speedup"] = rows["resnet50_from_h5"]["seconds"] / rows["resnet50_from_orbax"]["seconds"]
         rows["vgg16_from_h5"] = dict(measure("vgg16", str(vgg), True), file_mb=vgg.stat().st_size / 2**20)
+        if large:
+            big = write_h5(large, False, tmp / f"{large}_notop.h5")
+            keras.backend.clear_session()
+            rows["large_from_h5"] = dict(measure(large, str(big), False), file_mb=big.stat().st_size / 2**20, model=large)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "weights.json").write_text(json.dumps(rows, indent=1))
@@ -98,6 +102,13 @@ def main(repeats: int = 5):
         f"| VGG16 top from .h5 ({v['file_mb']:.0f} MB file) | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} (before: {v['rss_before_mb']:.0f}) |",
         "", f"Restoring ResNet50 from the cache is {rows['resnet50_speedup']:.1f}x faster than converting the .h5.",
     ])  # fmt: skip
+    if large:
+        g = rows["large_from_h5"]
+        table += (
+            f"\n\n{g['model']} without the top from .h5 ({g['file_mb']:.0f} MB file): {g['seconds']:.1f} s, peak RSS "
+            f"{g['peak_rss_mb']:.0f} MB, {(g['peak_rss_mb'] - g['rss_before_mb']) / g['file_mb']:.2f}x the file above "
+            f"the {g['rss_before_mb']:.0f} MB before."
+        )
     (out / "weights.md").write_text(table + "\n")
     print(table)
 
@@ -107,4 +118,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per ResNet50 step (median)")
-    main(parser.parse_args().repeats)
+    parser.add_argument("--large", help="also convert this model's no-top file (e.g. convnext_xlarge, 1.4 GB)")
+    args = parser.parse_args()
+    main(args.repeats, args.large)

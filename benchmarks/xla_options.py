@@ -34,7 +34,7 @@ def worker(name: str, batch: int, repeats: int) -> dict:
     import numpy as np
     from common import block, median, timed
 
-    from flaxzoo.registry import get_spec
+    from flaxzoo.zoo import get_spec
     from flaxzoo.testing import random_variables
 
     spec = get_spec(name)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     from common import machine
 
-    from flaxzoo.registry import list_models
+    from flaxzoo.zoo import list_models
     from flaxzoo.xla_options import compiler_options
 
     names = args.models.split(",") if args.models else list_models()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxzoo.cli import build_model, convert_to_checkpoint, preprocess
-from flaxzoo.registry import ModelSpec, WeightFile, get_spec, list_models
+from flaxzoo.zoo import build_model, convert_to_checkpoint, get_spec, list_models, preprocess
+from flaxzoo.registry import ModelSpec, WeightFile
 from flaxzoo.weights import checkpoint, md5sum
 
 # Largest difference accepted by --verify: probabilities absolute; features relative to their largest

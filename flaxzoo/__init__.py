@@ -2,27 +2,16 @@
 
     model, variables = flaxzoo.ResNet50(weights="imagenet")
     probs = model.apply(variables, flaxzoo.resnet50.preprocess_input(images))
+
+Every registered model's Keras-named constructor is an attribute of this package, and every
+``keras.applications`` module has a mirror here (``flaxzoo.resnet``, ``flaxzoo.mobilenet``, ...): both are
+made from the registry (:mod:`flaxzoo.zoo`), so a model file is all a new model needs.
 """
 
 from flaxzoo._version import __version__
 from flaxzoo import image, imagenet_utils
-from flaxzoo.models import (
-    DenseNet121,
-    DenseNet169,
-    DenseNet201,
-    InceptionResNetV2,
-    InceptionV3,
-    MobileNet,
-    NASNetLarge,
-    NASNetMobile,
-    ResNet50,
-    VGG16,
-    VGG19,
-    Xception,
-)
-from flaxzoo import densenet, inception_resnet_v2, inception_v3, mobilenet, nasnet, resnet50, vgg16, vgg19, xception
-from flaxzoo.registry import ModelSpec, create_model, get_spec, list_models
-from flaxzoo.weights import save_checkpoint
+from flaxzoo.zoo import create_model, get_spec, list_models, mirror_modules, save_checkpoint, specs
+from flaxzoo.registry import ModelSpec
 from flaxzoo.inference import fold_batchnorm, predict_fn
 from flaxzoo.xla_options import compiler_options
 from flaxzoo.surgery import (
@@ -40,49 +29,34 @@ from flaxzoo.surgery import (
     truncate,
 )
 
+_CONSTRUCTORS = {spec.keras_name: spec.constructor for spec in specs()}
+globals().update(_CONSTRUCTORS)
+globals().update(mirror_modules())  # flaxzoo.resnet, ... (also in sys.modules: `import flaxzoo.resnet` works)
+
 __all__ = [
     "__version__",
+    "ModelSpec",
     "TransferReport",
     "Truncated",
     "compiler_options",
+    "create_model",
     "extract",
     "fold_batchnorm",
-    "predict_fn",
     "freeze",
     "frozen_layers",
     "get_layer",
+    "get_spec",
+    "image",
+    "imagenet_utils",
     "layer_names",
+    "list_models",
     "load_pretrained",
     "model_graph",
+    "predict_fn",
     "save_checkpoint",
     "summary",
     "trainable_mask",
     "truncate",
-    "ModelSpec",
-    "ResNet50",
-    "create_model",
-    "densenet",
-    "DenseNet121",
-    "DenseNet169",
-    "DenseNet201",
-    "VGG16",
-    "VGG19",
-    "get_spec",
-    "image",
-    "imagenet_utils",
-    "InceptionResNetV2",
-    "inception_resnet_v2",
-    "InceptionV3",
-    "inception_v3",
-    "list_models",
-    "mobilenet",
-    "MobileNet",
-    "nasnet",
-    "NASNetLarge",
-    "NASNetMobile",
-    "resnet50",
-    "vgg16",
-    "vgg19",
-    "Xception",
-    "xception",
+    *sorted(_CONSTRUCTORS),
+    *sorted(mirror_modules()),
 ]

@@ -8,140 +8,30 @@
     flaxzoo finetune --model mobilenet --data train/ --val-data val/ --freeze-until conv_pw_13_relu --epochs 5
 
 Errors (every ``ValueError``, flaxzoo's own errors included, and unreadable files) are reported as one
-``flaxzoo: error: <message>`` line on stderr with exit status 2. The small functions below (building a
-model, its layer graph, converting a file) are also what ``convert/convert_all.py`` uses.
+``flaxzoo: error: <message>`` line on stderr with exit status 2. This module is argparse and printing
+only: what the commands do is the front door's (:mod:`flaxzoo.zoo`), which library code imports instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
+from flaxzoo.registry import ModelSpec
+from flaxzoo.zoo import (
+    VARIANTS,
+    build_model,
+    classify,
+    convert_to_checkpoint,
+    create_model,
+    get_spec,
+    list_models,
+    model_table,
+)
 
-from flaxzoo.registry import ModelSpec, get_spec, list_models
-
-VARIANTS = ("top", "notop")
 PRECISIONS = ("default", "high", "highest")
-
-
-# ------------------------------------------------------------------------------------------------
-# Building blocks (also used by convert/convert_all.py)
-# ------------------------------------------------------------------------------------------------
-
-
-def check_weights(weights: str) -> str:
-    """``"imagenet"``, or an existing path (a Keras .h5 file or a flaxzoo checkpoint directory)."""
-    if weights != "imagenet" and not os.path.exists(weights):
-        raise ValueError(f"{weights}: no such weights file or checkpoint directory (or use 'imagenet')")
-    return weights
-
-
-def build_model(spec: ModelSpec, weights: str = "imagenet", variant: str = "top"):
-    """``(module, variables)`` of ``spec`` at its default size, with or without the classifier."""
-    return spec.constructor(include_top=variant == "top", weights=check_weights(weights))
-
-
-def model_graph(spec: ModelSpec, variant: str):
-    """The Keras layer graph of ``spec`` (``variant`` "top" or "notop"), traced abstractly: no weights."""
-    from flaxzoo import graph as graph_lib
-
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    return graph_lib.registered_graph(spec.name, include_top=variant == "top")
-
-
-def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, object]:
-    """Which variant a Keras .h5 file holds (top, else notop), by its weighted-layer count; and its graph."""
-    from flaxzoo.weights.h5 import LegacyWeightsFile
-
-    with LegacyWeightsFile(h5_path) as f:
-        n_file = len(f.weighted_layers())
-    counts = {}
-    for variant in VARIANTS:
-        graph = model_graph(spec, variant)
-        counts[variant] = len(graph.weighted_layers)
-        if counts[variant] == n_file:
-            return variant, graph
-    expected = ", ".join(f"{n} ({v})" for v, n in counts.items())
-    raise ValueError(
-        f"{h5_path}: {n_file} weighted layers; {spec.keras_name} has {expected}: not a {spec.keras_name} weights file"
-    )
-
-
-def convert_to_checkpoint(spec: ModelSpec, h5_path, out_dir, variant: str | None = None) -> dict:
-    """Convert a Keras legacy .h5 of ``spec`` into a flaxzoo checkpoint at ``out_dir`` (which must not exist).
-
-    ``variant=None`` infers it from the file. Returns the checkpoint's metadata record plus ``params``
-    (the number of weights) and ``path`` (the absolute output directory).
-    """
-    from flaxzoo.weights import checkpoint, convert_file, count_params
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() or out_dir.is_symlink():
-        raise ValueError(f"{out_dir}: already exists; not overwriting (remove it or choose another --out)")
-    if not Path(h5_path).is_file():
-        raise ValueError(f"{h5_path}: no such file")
-    if variant is None:
-        variant, graph = infer_variant(spec, h5_path)
-    else:
-        graph = model_graph(spec, variant)
-    variables, meta = convert_file(spec, graph, h5_path, variant)
-    path = checkpoint.save(out_dir, variables, meta)
-    return dict(meta, params=count_params(variables), path=str(path))
-
-
-def load_batch(paths: Sequence[str], size: int) -> np.ndarray:
-    """Images as Keras' examples load them: ``load_img(target_size=(size, size))`` (nearest) → float32 NHWC."""
-    from flaxzoo.image import img_to_array, load_img
-
-    arrays = []
-    for path in paths:
-        try:
-            arrays.append(img_to_array(load_img(path, target_size=(size, size))))
-        except OSError as e:  # missing file, or not an image PIL can read
-            raise ValueError(f"{path}: cannot read image ({e.strerror or e})") from None
-    return np.stack(arrays)
-
-
-def preprocess(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
-    """The model's own ``preprocess_input`` (its Keras-mirroring module), on a copy of ``x``."""
-    return importlib.import_module(spec.module).preprocess_input(np.array(x, copy=True))
-
-
-def classify(
-    spec: ModelSpec,
-    model,
-    variables,
-    paths: Sequence[str],
-    *,
-    batch_size: int = 32,
-    precision: str = "highest",
-) -> np.ndarray:
-    """Class probabilities ``(len(paths), classes)``: one jitted forward pass per batch of images.
-
-    Batches are padded to one shape, so the model is compiled once.
-    """
-    import jax
-
-    from flaxzoo.xla_options import jit
-
-    forward = jit(model.apply)
-    n = min(batch_size, len(paths))
-    out = []
-    for start in range(0, len(paths), n):
-        chunk = paths[start : start + n]
-        x = preprocess(spec, load_batch(chunk, spec.default_size))
-        if len(chunk) < n:
-            x = np.concatenate([x, np.zeros((n - len(chunk), *x.shape[1:]), x.dtype)])
-        with jax.default_matmul_precision(precision):
-            probs = forward(variables, x)
-        out.append(np.asarray(probs)[: len(chunk)])
-    return np.concatenate(out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,9 +44,10 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Se
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
 
     def line(cells):
-        return indent + "  ".join(
-            str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)
-        ).rstrip()
+        return (
+            indent
+            + "  ".join(str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+        )
 
     return "\n".join([line(header), *(line(r) for r in rows)])
 
@@ -168,8 +59,8 @@ def format_predictions(path: str, decoded) -> str:
     return f"{path}\n{table}"
 
 
-def _percent(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _percent(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def format_registry() -> str:
@@ -178,7 +69,7 @@ def format_registry() -> str:
     rows = []
     for name in list_models():
         s = get_spec(name)
-        rows.append((s.name, s.keras_name, s.default_size, s.min_size, s.preprocess_mode, f"{s.params:,}",
+        rows.append((s.name, s.keras_name, s.default_size, s.min_size, s.preprocess_mode or "in model", f"{s.params:,}",
                      f"{s.params_notop:,}", s.depth, _percent(s.top1), _percent(s.top5),
                      f"{s.flops / 1e9:.2f}"))  # fmt: skip
     right = (False, False, True, True, False, True, True, True, True, True, True)
@@ -193,7 +84,7 @@ def format_info(spec: ModelSpec) -> str:
         f"{spec.keras_name} ({spec.name})",
         f"  module           {spec.module}",
         f"  input            {spec.default_size}x{spec.default_size}x3 (at least {spec.min_size}x{spec.min_size})",
-        f"  preprocessing    {spec.preprocess_mode}",
+        f"  preprocessing    {spec.preprocess_mode or 'in the model (preprocess_input is the identity)'}",
         f"  params           {spec.params:,} ({spec.params_notop:,} without the top)",
         f"  depth            {spec.depth}",
         f"  ImageNet top-1   {_percent(spec.top1)}, top-5 {_percent(spec.top5)}",
@@ -206,7 +97,7 @@ def format_info(spec: ModelSpec) -> str:
             f"    {variant}",
             f"      file         {wf.fname}",
             f"      url          {wf.url}",
-            f"      md5          {wf.md5 or '(none published)'}",
+            f"      {'sha256' if wf.sha256 else 'md5':<13}{wf.sha256 or wf.md5 or '(none published)'}",
             f"      converted    {cached if is_checkpoint(cached) else '(not yet)'}",
         ]
     return "\n".join(lines)
@@ -246,7 +137,7 @@ def cmd_convert(args) -> None:
 
 
 def cmd_list(args) -> None:
-    print(format_registry())
+    print(model_table() if args.markdown else format_registry())
 
 
 def cmd_info(args) -> None:
@@ -271,7 +162,6 @@ def parse_input_shape(text: str | None) -> tuple[int | None, ...] | None:
 
 
 def cmd_summary(args) -> None:
-    from flaxzoo.registry import create_model
     from flaxzoo.surgery import freeze, summary
 
     kwargs = dict(include_top=not args.notop, pooling=args.pooling)
@@ -302,7 +192,10 @@ def cmd_finetune(args) -> None:
     result = finetune(cfg)
     last = result["epochs"][-1] if result["epochs"] else {}
     summary_line = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.endswith(("loss", "accuracy")))
-    print(f"done: {len(result['epochs'])} epochs; {summary_line}" + (f"; exported to {result['export']}" if "export" in result else ""))
+    print(
+        f"done: {len(result['epochs'])} epochs; {summary_line}"
+        + (f"; exported to {result['export']}" if "export" in result else "")
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -335,6 +228,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("list", help="the registered models")
+    p.add_argument("--markdown", action="store_true", help="as the README's model table")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="one model's details and weight files")
@@ -354,12 +248,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a model on an image folder (one sub-folder per class)")
     p.add_argument("--model", required=True, help="registry or Keras name")
-    p.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'none', a Keras .h5 or a flaxzoo checkpoint")
+    p.add_argument(
+        "--weights", default="imagenet", help="'imagenet' (default), 'none', a Keras .h5 or a flaxzoo checkpoint"
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="training images, one sub-folder per class")
     p.add_argument("--val-data", metavar="DIR", help="validation images, the same class sub-folders")
     p.add_argument("--image-size", type=int, help="square input size (default: the model's)")
     p.add_argument("--classes", type=int, help="number of classes (default: the number of class folders)")
-    p.add_argument("--freeze-until", metavar="LAYER|N", help="freeze the first N layers, or those up to and including LAYER")
+    p.add_argument(
+        "--freeze-until", metavar="LAYER|N", help="freeze the first N layers, or those up to and including LAYER"
+    )
     p.add_argument("--epochs", type=int, default=1, help="total epochs (a resumed run continues up to it)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size, over all devices and hosts")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")

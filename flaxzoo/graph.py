@@ -2,11 +2,16 @@
 
 Every Keras layer is a :class:`flaxzoo.layers.KerasLayer` module; tracing ``init`` under
 ``flax.linen.intercept_methods`` (abstractly, with ``jax.eval_shape``: no FLOPs, no memory) gives each
-layer's name, class, inbound layers and output shape. From that graph, :func:`keras_order` reproduces
+layer's name, class, module path, inbound layers and output shape. From that graph, :func:`keras_order` reproduces
 how Keras orders ``model.layers`` in a Functional model (``keras/src/ops/function.py::map_graph``):
 layers sorted by depth (longest path to the output), deepest first, ties broken by the order in which
 a depth-first search from the output first reaches them. Legacy ``.h5`` weights are assigned in that
 order, so it is the contract for conversion, ``layer_names`` and layer indices.
+
+A Keras layer may sit inside a block written as its own ``nn.Module``: its variables are then at its
+module path (``params["block1"]["block1_conv"]``), which :class:`LayerInfo` records and every consumer
+(conversion, checkpoints, surgery, folding) looks variables up by. Keras layers called within another Keras
+layer's call are part of that layer, as Keras' sublayers are, and not layers of the model.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ class LayerInfo:
     inbound: tuple[str, ...]
     output_shape: tuple[int, ...]  # batch dimension included
     macs: int  # multiply-accumulates per forward pass of the traced batch
+    path: tuple[str, ...] = ()  # module path in the traced model (its variables' place); () means (name,)
+    # The Keras layers a composite layer (a nested Sequential, as ConvNeXt's stem) calls, (path, class) in
+    # call order: its weights are theirs, in that order.
+    sublayers: tuple[tuple[tuple[str, ...], type], ...] = ()
+
+    def __post_init__(self):
+        if not self.path:
+            object.__setattr__(self, "path", (self.name,))
+
+
+def subtree(tree: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """``tree[path[0]][path[1]]...``, or None where the path does not lead anywhere."""
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +65,7 @@ class Graph:
     """Layers in Keras ``model.layers`` order, and the model's abstract variables."""
 
     layers: tuple[LayerInfo, ...]
-    variables: Mapping[str, Any]  # {'params': ..., 'batch_stats': ...} of jax.ShapeDtypeStruct
+    variables: Mapping[str, Any]  # {'params': ..., 'batch_stats': ..., ...} of jax.ShapeDtypeStruct
     output: str
     structure: str | None = None  # structure_key() of the traced module and input shape
 
@@ -51,9 +73,16 @@ class Graph:
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
+    @functools.cached_property
+    def by_name(self) -> dict[str, LayerInfo]:
+        return {layer.name: layer for layer in self.layers}
+
     def layer_variables(self, name: str) -> dict[str, dict[str, Any]]:
-        """{collection: {variable: ShapeDtypeStruct}} of one layer (empty for parameter-free layers)."""
-        return {col: dict(tree[name]) for col, tree in self.variables.items() if name in tree}
+        """{collection: {variable: ShapeDtypeStruct}} of one layer, found at its module path (empty for
+        parameter-free layers)."""
+        path = self.by_name[name].path if name in self.by_name else (name,)
+        found = {col: subtree(tree, path) for col, tree in self.variables.items()}
+        return {col: dict(owned) for col, owned in found.items() if isinstance(owned, Mapping) and owned}
 
     @property
     def weighted_layers(self) -> list[LayerInfo]:
@@ -66,22 +95,34 @@ class Graph:
 
 class _Recorder:
     def __init__(self):
-        self.records: list[tuple[str, type, tuple[str, ...], tuple[int, ...], int]] = []
+        self.records: list[tuple] = []  # (name, class, inbound, output shape, macs, path, sublayers)
         self.producer: dict[int, str] = {}
         self._alive: list[Any] = []  # keeps traced arrays alive so that ids stay unique
         self.output: str | None = None
+        # Keras layer calls under way, each with the sublayers it called: sublayers are their layer's own
+        # business (its weights, not layers of the model)
+        self._within: list[list] = []
 
     def __call__(self, next_fun, args, kwargs, context):
         module = context.module
         if context.method_name != "__call__" or not isinstance(module, KerasLayer):
             return next_fun(*args, **kwargs)
-        out = next_fun(*args, **kwargs)
+        if self._within:
+            self._within[0].append((tuple(module.path), type(module)))
+            return next_fun(*args, **kwargs)
+        self._within.append([])
+        try:
+            out = next_fun(*args, **kwargs)
+        finally:
+            sublayers = tuple(self._within.pop())
         inputs = [a for a in jax.tree_util.tree_leaves(args) if hasattr(a, "shape")]
         inbound = tuple(self.producer[id(a)] for a in inputs if id(a) in self.producer)
         if any(out is a for a in inputs):  # pass-through layers (InputLayer, inactive Dropout)
             out = out + jnp.zeros((), out.dtype)
         macs = module.macs([a.shape for a in inputs], out.shape) if hasattr(module, "macs") else 0
-        self.records.append((module.name, type(module), inbound, tuple(out.shape), int(macs)))
+        self.records.append(
+            (module.name, type(module), inbound, tuple(out.shape), int(macs), tuple(module.path), sublayers)
+        )
         self.producer[id(out)] = module.name
         self._alive += [*inputs, out]
         return out
@@ -124,18 +165,24 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
 
     variables = jax.eval_shape(init)
     by_name = {}
-    for name, layer_type, inbound, shape, macs in recorder.records:
+    for name, layer_type, inbound, shape, macs, path, sublayers in recorder.records:
         if name in by_name:
             raise ValueError(f'The name "{name}" is used more than once in the model.')
-        by_name[name] = LayerInfo(name, layer_type.keras_class, layer_type, inbound, shape, macs)
+        by_name[name] = LayerInfo(name, layer_type.keras_class, layer_type, inbound, shape, macs, path, sublayers)
+    # Keras orders its layers over every operation of its graph, tensor operations (``inputs + x``) included,
+    # and lists the layers only; a layer after an operation names it as its inbound, as in Keras.
     order = keras_order({n: info.inbound for n, info in by_name.items()}, recorder.output)
+    layers = tuple(by_name[n] for n in order if not by_name[n].layer_type.keras_operation)
     key = structure_key(module, input_shape, **call_kwargs)
-    return Graph(tuple(by_name[n] for n in order), dict(variables), recorder.output, key)
+    return Graph(layers, dict(variables), recorder.output, key)
 
 
 @functools.cache
-def _source_digest(module_name: str) -> bytes:
-    files = {inspect.getsourcefile(sys.modules[m]) for m in (module_name, __name__, "flaxzoo.layers")}
+def _source_digest(module_names: tuple[str, ...]) -> bytes:
+    # the model's file and those of the classes it derives from (ResNetV2 from ResNet), and the layers and
+    # shared blocks (heads, padding) every model file builds with
+    shared = [m for m in ("flaxzoo.layers", "flaxzoo.models.common") if m in sys.modules]
+    files = {inspect.getsourcefile(sys.modules[m]) for m in (*module_names, __name__, *shared)}
     return hashlib.sha256(b"".join(Path(f).read_bytes() for f in sorted(files))).digest()
 
 
@@ -148,7 +195,9 @@ def structure_key(module: nn.Module, input_shape: Sequence[int], **call_kwargs) 
     if " at 0x" in config:
         return None
     try:
-        digest = _source_digest(type(module).__module__)
+        digest = _source_digest(
+            tuple(c.__module__ for c in type(module).__mro__ if c.__module__.startswith("flaxzoo."))
+        )
     except (KeyError, OSError, TypeError):
         return None
     return hashlib.sha256(digest + config.encode()).hexdigest()
@@ -168,13 +217,3 @@ class LazyGraph:
 
     def __getattr__(self, name):  # everything but ``structure`` is the traced graph's
         return getattr(self.graph, name)
-
-
-def registered_graph(name: str, *, include_top: bool = True, size: int | None = None, **kwargs) -> Graph:
-    """The graph of registered model ``name`` (Keras constructor ``kwargs``) at ``size`` (default: the
-    model's default size), traced abstractly: no weights are initialised or read."""
-    from flaxzoo.registry import create_model, get_spec
-
-    size = size or get_spec(name).default_size
-    module, _ = create_model(name, abstract=True, weights=None, include_top=include_top, **kwargs)
-    return trace(module, (1, size, size, 3))

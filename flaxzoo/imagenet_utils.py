@@ -87,6 +87,12 @@ def preprocess_input(x, data_format=None, mode="caffe"):
     return _preprocess_jax(x, data_format, mode)
 
 
+def preprocess_for_mode(x, mode: str | None, data_format=None):
+    """A model's ``preprocess_input``: :func:`preprocess_input` in its ``mode``; for a model that
+    preprocesses its input itself (``mode=None``: EfficientNet, ConvNeXt, ...) the identity, as Keras'."""
+    return x if mode is None else preprocess_input(x, data_format=data_format, mode=mode)
+
+
 def _channel_axis(ndim, data_format):
     if data_format == "channels_last":
         return ndim - 1

@@ -9,13 +9,15 @@ folded (DenseNet's pre-activation batch norms stay as they are).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import traverse_util
 
 from flaxzoo.layers import BatchNormalization, Conv2D, DepthwiseConv2D, SeparableConv2D
 from flaxzoo.surgery import model_graph
@@ -43,39 +45,43 @@ def foldable_batchnorms(model: nn.Module, graph=None) -> dict[str, str]:
 
 def fold_batchnorm(model: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
     """``(model, variables)`` for inference with the batch norms folded into their convolutions; equal to
-    ``model.apply(variables, x)`` within float32 rounding. The folded model cannot train."""
+    ``model.apply(variables, x)`` within float32 rounding. The folded model cannot train. Layers are found
+    at their module paths (inside block modules too); collections other than ``params`` and ``batch_stats``
+    (constants) pass through unchanged."""
     graph = model_graph(model)
     pairs = foldable_batchnorms(model, graph)
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(dict(variables["params"])))
-    params = {k: dict(v) for k, v in params.items()}
-    stats = {k: dict(v) for k, v in jax.device_get(dict(variables.get("batch_stats", {}))).items()}
-    bn_modules = {layer.name: layer for layer in graph.layers}
+    # {(collection, *module path, variable): host array}: one dict to edit whatever the nesting
+    flat = traverse_util.flatten_dict(jax.device_get(_plain(variables)))
+    flat = {k: np.asarray(v) for k, v in flat.items()}
     epsilons = _epsilons(model, variables)
     for bn, conv in pairs.items():
-        p, st = params[bn], stats.pop(bn)
-        c = st["mean"].shape[0]
-        gamma = p.get("scale", np.ones(c, np.float32))
-        beta = p.get("bias", np.zeros(c, np.float32))
-        scale = (gamma / np.sqrt(st["var"] + np.float32(epsilons[bn]))).astype(np.float32)
-        conv_params = params[conv]
-        kind = bn_modules[conv].layer_type
+        bn_path, conv_path = graph.by_name[bn].path, graph.by_name[conv].path
+        mean, var = flat.pop(("batch_stats", *bn_path, "mean")), flat.pop(("batch_stats", *bn_path, "var"))
+        c = mean.shape[0]
+        gamma = flat.pop(("params", *bn_path, "scale"), np.ones(c, np.float32))
+        beta = flat.pop(("params", *bn_path, "bias"), np.zeros(c, np.float32))
+        scale = (gamma / np.sqrt(var + np.float32(epsilons[bn]))).astype(np.float32)
+        kind = graph.by_name[conv].layer_type
+        at = functools.partial(lambda path, var_name: ("params", *path, var_name), conv_path)
         if kind is SeparableConv2D:
-            conv_params["pointwise_kernel"] = conv_params["pointwise_kernel"] * scale
+            flat[at("pointwise_kernel")] = flat[at("pointwise_kernel")] * scale
         elif kind is DepthwiseConv2D:
-            k = conv_params["depthwise_kernel"]
-            conv_params["depthwise_kernel"] = k * scale.reshape(k.shape[2], k.shape[3])
+            k = flat[at("depthwise_kernel")]
+            flat[at("depthwise_kernel")] = k * scale.reshape(k.shape[2], k.shape[3])
         else:
-            conv_params["kernel"] = conv_params["kernel"] * scale
-        bias = beta - st["mean"] * scale
-        if "bias" in conv_params:
-            bias = bias + conv_params.pop("bias") * scale
-            conv_params["bias"] = np.zeros_like(bias)  # keep the conv's structure; the BN adds the bias
-        params[bn] = {"bias": bias.astype(np.float32)}
+            flat[at("kernel")] = flat[at("kernel")] * scale
+        bias = beta - mean * scale
+        if at("bias") in flat:
+            bias = bias + flat[at("bias")] * scale
+            flat[at("bias")] = np.zeros_like(bias)  # keep the conv's structure; the BN adds the bias
+        flat[("params", *bn_path, "bias")] = bias.astype(np.float32)
     folded = model.clone(folded=frozenset(pairs))
-    out = {"params": params}
-    if stats:
-        out["batch_stats"] = stats
-    return folded, out
+    return folded, traverse_util.unflatten_dict(flat)
+
+
+def _plain(tree):
+    """Nested dicts (FrozenDicts thawed)."""
+    return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
 
 
 def _epsilons(model: nn.Module, variables: dict) -> dict[str, float]:

@@ -1,11 +1,25 @@
 """Keras layers as Flax modules, with Keras 3 (JAX backend) numerics and Keras names.
 
-Every Keras layer of a model is one module here, constructed with its Keras name at the call site
-(``Conv2D(64, 7, strides=2, name="conv1_conv")(x)``), parameter-free layers included. That keeps
-the Flax module tree equal to Keras' ``model.layers``: :mod:`flaxzoo.graph` intercepts these calls
-to recover Keras' layer order (weight conversion, ``layer_names``) and to stop at or collect a named
-layer. Weighted layers declare ``keras_weights``, the legacy-HDF5 order of their arrays mapped to
-Flax collections, which is all the converter needs to know about them.
+Every Keras layer of a model is one module here, constructed with its Keras name
+(``Conv2D(64, 7, strides=2, name="conv1_conv")(x)``), parameter-free layers included, either inline in
+the model's ``__call__`` or inside a block that is its own ``nn.Module`` (a block's own name is not a
+Keras layer; Keras layer names are unique in a model whatever their depth). :mod:`flaxzoo.graph`
+intercepts these calls to recover Keras' layer order and each layer's module path (weight conversion,
+``layer_names``) and to stop at or collect a named layer. Weighted layers declare ``keras_weights``,
+the legacy-HDF5 order of their arrays mapped to Flax collections, which is all the converter needs to
+know about them.
+
+Where Keras weights go (the contract for conversion, checkpoints, training and surgery):
+
+* trainable weights → ``params`` (what the optimizer updates);
+* batch-norm moving statistics → ``batch_stats`` (updated by ``train=True`` with
+  ``mutable=["batch_stats"]``, kept by frozen layers);
+* every other non-trainable weight a Keras file holds (:class:`Normalization`'s mean, variance and
+  count, ...) → :data:`CONSTANTS` (``"constants"``): never updated by training, saved, restored and
+  transferred with the rest.
+
+A layer's variables sit at its module path in each collection: ``params["conv1_conv"]`` inline,
+``params["block1"]["block1_conv"]`` inside a block module named ``block1``.
 
 Numerics follow the Keras JAX backend (see ``../shared/reference/keras-applications-facts.md`` §4):
 TF 'SAME' padding, Keras' batch-norm formula, average pooling that excludes padding under 'same'.
@@ -17,7 +31,7 @@ import collections
 import contextlib
 import contextvars
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -41,6 +55,11 @@ def _softmax(x):
     return jax.nn.softmax(x, axis=-1)
 
 
+def _gelu(x):
+    """Keras' "gelu": the exact form (``approximate=False``), not jax.nn.gelu's default tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
 # Keras activation names → JAX functions (keras.activations.get for the names the models use).
 ACTIVATIONS: dict[str | None, Callable] = {
     None: _identity,
@@ -50,12 +69,15 @@ ACTIVATIONS: dict[str | None, Callable] = {
     "softmax": _softmax,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
-    "gelu": jax.nn.gelu,
+    "gelu": _gelu,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
     "elu": jax.nn.elu,
     "selu": jax.nn.selu,
     "softplus": jax.nn.softplus,
+    # x * (relu6(x + 3) / 6), a division: keras.ops.hard_silu is jax.nn.hard_silu (MobileNetV3's hard_swish)
+    "hard_silu": jax.nn.hard_silu,
+    "hard_swish": jax.nn.hard_silu,
 }
 
 
@@ -82,6 +104,9 @@ class KerasLayer(nn.Module):
     keras_class: ClassVar[str] = "Layer"
     # Legacy .h5 order of the layer's arrays, as (collection, variable name); absent ones are skipped.
     keras_weights: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # A tensor operation of Keras' graph, not a layer (ConvNeXt's ``inputs + x``): Keras orders its layers
+    # over it but does not list it in ``model.layers``.
+    keras_operation: ClassVar[bool] = False
 
 
 def snake_case(name: str) -> str:
@@ -254,6 +279,40 @@ class Add(KerasLayer):
         return out
 
 
+class TensorAdd(KerasLayer):
+    """``a + b`` on Keras tensors (an operation, not a layer: absent from ``model.layers``)."""
+
+    keras_class: ClassVar[str] = "Add"
+    keras_operation: ClassVar[bool] = True
+
+    def __call__(self, a, b):
+        return a + b
+
+
+class TensorMultiply(KerasLayer):
+    """``a * b`` on Keras tensors, or a tensor times a constant (MobileNetV3's ``ReLU(6.)(x + 3.) * (1. / 6.)``):
+    an operation, as :class:`TensorAdd`."""
+
+    keras_class: ClassVar[str] = "Multiply"
+    keras_operation: ClassVar[bool] = True
+
+    def __call__(self, a, b):
+        return a * b
+
+
+class Multiply(KerasLayer):
+    """keras.layers.Multiply (``layers.multiply``): the elementwise product, broadcasting (EfficientNet's
+    squeeze-and-excite gate, (N, 1, 1, C), times the feature map)."""
+
+    keras_class: ClassVar[str] = "Multiply"
+
+    def __call__(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+
 class CustomScaleLayer(KerasLayer):
     """InceptionResNetV2's scaled residual: ``inputs[0] + inputs[1] * scale``."""
 
@@ -273,16 +332,53 @@ class Concatenate(KerasLayer):
 
 
 class Dropout(KerasLayer):
-    """Active only with ``training=True`` (needs a ``'dropout'`` rng), like Keras."""
+    """Active only with ``training=True`` (needs a ``'dropout'`` rng), like Keras. ``noise_shape`` as Keras':
+    the shape of the keep mask, None entries taking the input's (``(None, 1, 1, 1)``: one draw per image, the
+    stochastic depth of EfficientNet's blocks), broadcast over the input."""
 
     rate: float = 0.5
+    noise_shape: tuple[int | None, ...] | None = None
     keras_class: ClassVar[str] = "Dropout"
 
     def __call__(self, x, training: bool = False):
         if not training or self.rate == 0.0:
             return x
-        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.rate, x.shape)
+        shape = x.shape
+        if self.noise_shape is not None:
+            shape = tuple(d if n is None else n for n, d in zip(self.noise_shape, x.shape))
+        keep = jnp.broadcast_to(jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.rate, shape), x.shape)
         return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+def _as_constant(value):
+    """A scalar or per-channel constant as a float or a tuple of floats: hashable, with a stable repr
+    (a model's configuration is part of its checkpoints' structure key)."""
+    a = np.asarray(value, np.float64)
+    return float(a) if a.ndim == 0 else tuple(a.reshape(-1).tolist()) if a.ndim == 1 else value
+
+
+def _float_input(x):
+    """Keras casts inputs to its float32 compute dtype; flaxzoo keeps float16 / bfloat16 (see check_input)."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
+class Rescaling(KerasLayer):
+    """keras.layers.Rescaling: ``x * scale + offset``, ``scale`` and ``offset`` scalars or per-channel
+    (EfficientNet's ``1 / sqrt(stddev)`` per channel), cast to the input's float dtype as Keras casts them to
+    its compute dtype."""
+
+    scale: float | Sequence[float]
+    offset: float | Sequence[float] = 0.0
+    keras_class: ClassVar[str] = "Rescaling"
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", _as_constant(self.scale))
+        object.__setattr__(self, "offset", _as_constant(self.offset))
+        super().__post_init__()
+
+    def __call__(self, x):
+        x = _float_input(x)
+        return x * jnp.asarray(self.scale, x.dtype) + jnp.asarray(self.offset, x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +391,9 @@ ones = nn.initializers.ones
 
 
 class Conv2D(KerasLayer):
-    """keras.layers.Conv2D (channels_last, HWIO kernel, bias added after the convolution)."""
+    """keras.layers.Conv2D (channels_last, HWIO kernel, bias added after the convolution). ``groups`` splits
+    the channels (kernel (kh, kw, C / groups, filters)); ``groups=C`` is a depthwise convolution (ConvNeXt's
+    7x7), computed as :class:`DepthwiseConv2D` computes one."""
 
     filters: int
     kernel_size: IntPair
@@ -304,20 +402,36 @@ class Conv2D(KerasLayer):
     use_bias: bool = True
     activation: str | Callable | None = None
     dilation_rate: IntPair = 1
+    groups: int = 1
     keras_class: ClassVar[str] = "Conv2D"
     keras_weights: ClassVar = (("params", "kernel"), ("params", "bias"))
 
     @nn.compact
     def __call__(self, x):
         kh, kw = _pair(self.kernel_size)
-        kernel = self.param("kernel", glorot_uniform, (kh, kw, x.shape[-1], self.filters))
-        y = conv2d(x, kernel.astype(x.dtype), self.strides, self.padding, self.dilation_rate)
+        c = x.shape[-1]
+        if c % self.groups or self.filters % self.groups:
+            raise ValueError(
+                f"{self.name}: the number of input channels ({c}) and of filters ({self.filters}) must be "
+                f"divisible by the number of groups ({self.groups})"
+            )
+        kernel = self.param("kernel", glorot_uniform, (kh, kw, c // self.groups, self.filters)).astype(x.dtype)
+        if self.groups == 1:
+            y = conv2d(x, kernel, self.strides, self.padding, self.dilation_rate)
+        elif self.groups == c and _pair(self.dilation_rate) == (1, 1):  # output channel o reads input o // m
+            y = depthwise_conv(x, kernel.reshape(kh, kw, c, self.filters // c), self.strides, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, window_strides=_pair(self.strides), padding=self.padding.upper(),
+                rhs_dilation=_pair(self.dilation_rate), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )  # fmt: skip
         if self.use_bias:
             y = y + self.param("bias", zeros, (self.filters,)).astype(y.dtype)
         return get_activation(self.activation)(y)
 
     def macs(self, in_shapes, out_shape):
-        return int(np.prod(out_shape)) * int(np.prod(_pair(self.kernel_size))) * in_shapes[0][-1]
+        return int(np.prod(out_shape)) * int(np.prod(_pair(self.kernel_size))) * in_shapes[0][-1] // self.groups
 
 
 def _grouped_depthwise(x, kernel, strides, padding):
@@ -511,6 +625,48 @@ class Dense(KerasLayer):
         return int(np.prod(out_shape)) * in_shapes[0][-1]
 
 
+class LayerNormalization(KerasLayer):
+    """keras.layers.LayerNormalization over the last axis, as Keras 3 computes it on JAX: two-pass moments
+    (``jnp.mean``, ``jnp.var``), then ``x * inv + (beta - mean * inv)`` with ``inv = rsqrt(var + eps) * gamma``
+    (Flax's LayerNorm uses ``E[x²] - E[x]²`` and another order of operations: not the same floats)."""
+
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    keras_class: ClassVar[str] = "LayerNormalization"
+    keras_weights: ClassVar = (("params", "scale"), ("params", "bias"))
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        gamma = self.param("scale", ones, (c,)) if self.scale else None
+        beta = self.param("bias", zeros, (c,)) if self.center else None
+        out_dtype = x.dtype
+        x = x.astype(jnp.result_type(x.dtype, jnp.float32))
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.var(x, axis=-1, keepdims=True)
+        inv = jax.lax.rsqrt(var + self.epsilon)
+        if gamma is not None:
+            inv = inv * gamma.astype(x.dtype)
+        res = -mean * inv
+        if beta is not None:
+            res = res + beta.astype(x.dtype)
+        return (x * inv + res).astype(out_dtype)
+
+
+class LayerScale(KerasLayer):
+    """ConvNeXt's ``LayerScale``: ``x * gamma``, one trainable factor per channel."""
+
+    init_value: float = 1e-6
+    keras_class: ClassVar[str] = "LayerScale"
+    keras_weights: ClassVar = (("params", "gamma"),)
+
+    @nn.compact
+    def __call__(self, x):
+        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],))
+        return x * gamma.astype(x.dtype)
+
+
 _BATCH_AXIS_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("flaxzoo_batch_axis", default=None)
 
 
@@ -542,7 +698,12 @@ class BatchNormalization(KerasLayer):
     Inference uses Keras' formula ``x * inv + (beta - mean * inv)`` with ``inv = rsqrt(var + eps) * gamma``
     (Flax's ``(x - mean) * inv + beta`` differs by ~1e-6). ``training=True`` normalises with the biased
     batch moments and updates the moving statistics as ``moving * momentum + batch * (1 - momentum)``;
-    pass ``mutable=["batch_stats"]``.
+    pass ``mutable=["batch_stats"]``. ``folded=True`` (:func:`flaxzoo.fold_batchnorm`: the scale is in the
+    convolution before it) only adds ``bias``.
+
+    A model's frozen and folded layers (``Application.frozen`` / ``folded``) reach its batch norms at any
+    depth through :func:`layer_modes`, which the model applies around its forward pass: a frozen one is
+    called with ``training=False`` (Keras' ``trainable=False``), a folded one with ``folded=True``.
     """
 
     epsilon: float = 1e-3
@@ -558,11 +719,9 @@ class BatchNormalization(KerasLayer):
     )
 
     @nn.compact
-    def __call__(self, x, training: bool = False):
-        # Keras' trainable=False: a frozen batch norm is in inference mode whatever ``training`` says.
-        training = training and self.name not in getattr(self.parent, "frozen", ())
+    def __call__(self, x, training: bool = False, *, folded: bool = False):
         c = x.shape[-1]
-        if self.name in getattr(self.parent, "folded", ()):  # flaxzoo.fold_batchnorm: scale is in the conv
+        if folded:
             if training:
                 raise ValueError(f"{self.name}: a batch norm folded for inference cannot train (train=True)")
             return x + self.param("bias", zeros, (c,)).astype(x.dtype)
@@ -590,3 +749,122 @@ class BatchNormalization(KerasLayer):
             res = res + beta.astype(x.dtype)
         return (x * inv + res).astype(out_dtype)
 
+
+def _ancestry(module: nn.Module, root: nn.Module):
+    """``module`` and its parents up to (not including) ``root``, the model."""
+    while isinstance(module, nn.Module) and module is not root:
+        yield module
+        module = module.parent
+
+
+def _not_training(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if len(args) > 1:  # BatchNormalization(...)(x, train)
+        return (args[0], False, *args[2:]), kwargs
+    return args, {**kwargs, "training": False}
+
+
+@contextlib.contextmanager
+def layer_modes(model: nn.Module, frozen: Collection[str] = (), folded: Collection[str] = ()):
+    """Within this context (around ``model``'s forward pass, ``model`` bound), every
+    :class:`BatchNormalization` of ``model``, at any depth, runs as a frozen or folded layer:
+
+    * frozen (Keras' ``trainable=False``) when it, or a Keras layer it belongs to, is named in ``frozen``:
+      inference mode (moving statistics used and kept) also under ``train=True``;
+    * folded (:func:`flaxzoo.fold_batchnorm`) when it is named in ``folded``.
+
+    Applied by every :class:`flaxzoo.models.common.Application` to its own forward pass, so a block written
+    as its own ``nn.Module`` needs nothing to pass the modes down. Depth includes models within the model:
+    the layer graph lists their layers as the model's own, so its frozen and folded sets reach them (a nested
+    model's own sets apply as well)."""
+    frozen, folded = frozenset(frozen), frozenset(folded)
+
+    def apply_modes(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__" or not isinstance(module, BatchNormalization):
+            return next_fun(*args, **kwargs)
+        if module.name in folded:
+            kwargs = {**kwargs, "folded": True}
+        if frozen and any(isinstance(m, KerasLayer) and m.name in frozen for m in _ancestry(module, model)):
+            args, kwargs = _not_training(args, kwargs)
+        return next_fun(*args, **kwargs)
+
+    if not (frozen or folded):
+        yield
+        return
+    with nn.intercept_methods(apply_modes):
+        yield
+
+
+CONSTANTS = "constants"
+"""The collection of non-trainable Keras weights that are not batch-norm statistics (see the module docstring)."""
+
+_EPSILON = 1e-7  # keras.backend.epsilon()
+
+
+class Normalization(KerasLayer):
+    """keras.layers.Normalization over the last axis (Keras' ``axis=-1``, or the last axis by number as
+    EfficientNet's ``axis=3``), as Keras 3 computes it: ``(x - mean) / maximum(sqrt(variance), 1e-7)``;
+    ``invert=True``: ``mean + x * maximum(sqrt(variance), 1e-7)``.
+
+    ``mean`` and ``variance`` given (Keras' constructor arguments: scalars or per-channel) are constants
+    of the configuration, and the layer has no weights, as in Keras. Otherwise mean, variance and count
+    are weights, non-trainable in Keras (legacy .h5 order: mean, variance, count), here in
+    :data:`CONSTANTS`: initialised as Keras' (0, 1, 0) and read from a Keras file. ``count`` (int32, as
+    Keras 3 writes it) is not used by the computation, only kept. Keras' ``adapt`` has no counterpart.
+    Computed in float32; float16 / bfloat16 outputs keep the input's dtype.
+    """
+
+    axis: int = -1
+    mean: float | Sequence[float] | None = None
+    variance: float | Sequence[float] | None = None
+    invert: bool = False
+    keras_class: ClassVar[str] = "Normalization"
+    keras_weights: ClassVar = ((CONSTANTS, "mean"), (CONSTANTS, "variance"), (CONSTANTS, "count"))
+
+    def __post_init__(self):
+        # Keras' constructor checks, with its messages
+        if (self.mean is None) != (self.variance is None):
+            raise ValueError(
+                "When setting values directly, both `mean` and `variance` must be set. "
+                f"Received: mean={self.mean} and variance={self.variance}"
+            )
+        if self.mean is not None:
+            if np.shape(self.mean) != np.shape(self.variance):
+                raise ValueError(
+                    "When setting values directly, `mean` and `variance` must have the same shape. Received: "
+                    f"mean shape {np.shape(self.mean)} and variance shape {np.shape(self.variance)}"
+                )
+            if np.ndim(self.mean) > 1:
+                raise ValueError(
+                    "The rank of `mean` must be less than or equal to the number of axes (1). Received: "
+                    f"mean shape {np.shape(self.mean)} for axis ({self.axis},)"
+                )
+            object.__setattr__(self, "mean", _as_constant(self.mean))
+            object.__setattr__(self, "variance", _as_constant(self.variance))
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x):
+        ndim, c = x.ndim, x.shape[-1]
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(
+                f"All `axis` values must be in the range [-ndim, ndim). Received inputs with ndim={ndim}, "
+                f"while axis=({self.axis},)"
+            )
+        if self.axis % ndim != ndim - 1:
+            raise ValueError(
+                f"{self.name}: flaxzoo's Normalization normalises the last axis only; got axis={self.axis} for ndim={ndim}"
+            )
+        if self.mean is not None:
+            mean, variance = jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.variance, jnp.float32)
+        else:
+            mean = self.variable(CONSTANTS, "mean", lambda: jnp.zeros((c,), jnp.float32)).value
+            variance = self.variable(CONSTANTS, "variance", lambda: jnp.ones((c,), jnp.float32)).value
+            self.variable(CONSTANTS, "count", lambda: jnp.zeros((), jnp.int32))
+        x = _float_input(x)
+        out_dtype = x.dtype
+        x = x.astype(jnp.result_type(x.dtype, jnp.float32))
+        std = jnp.maximum(jnp.sqrt(variance.astype(x.dtype)), _EPSILON)
+        mean = mean.astype(x.dtype)
+        y = mean + x * std if self.invert else (x - mean) / std
+        return y.astype(out_dtype)

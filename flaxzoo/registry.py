@@ -1,8 +1,9 @@
-"""The model registry: one :class:`ModelSpec` per Keras application.
+"""The model registry's data: one :class:`ModelSpec` per Keras application, and :func:`register`.
 
-A model file registers its Keras-named constructor with ``@register_model(...)``; the spec carries
-everything the rest of flaxzoo (weights, CLI, tests, benchmarks) needs to know about the model, so
-nothing else keeps a list of models.
+The bottom of flaxzoo: this module imports nothing of flaxzoo. A model file declares its presets as
+``ModelSpec`` rows and registers them with its family (``flaxzoo.models.common.register_family``);
+everything else (constructors, mirror modules, the CLI, tests, benchmarks, the README table) reads the
+registry through the front door, :mod:`flaxzoo.zoo`, which imports every model file first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 # Every published Keras weight file lives under this host; FLAXZOO_BASE_URL replaces it
 # (a mirror, or a local server in tests), keeping the path below it.
@@ -23,99 +25,96 @@ def base_url() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class WeightFile:
-    """A published Keras weight file: its cache name, its path on the storage host, its md5."""
+    """A published Keras weight file: its cache name, its path on the storage host, and the hash Keras
+    publishes for it: an md5 for most, a sha256 for ConvNeXt's, none for MobileNet's and MobileNetV2's."""
 
     fname: str
     path: str
-    md5: str | None  # None: Keras publishes no hash (MobileNet)
+    md5: str | None  # None: Keras publishes no md5
+    sha256: str | None = None
 
     @property
     def url(self) -> str:
         return f"{base_url()}/{self.path}"
 
 
+def keras_weights_file(fname: str, subdir: str, md5: str | None) -> WeightFile:
+    """A file of Keras' bucket: ``tensorflow/keras-applications/{subdir}/{fname}``."""
+    return WeightFile(fname, f"{KERAS_WEIGHTS_PATH}/{subdir}/{fname}", md5)
+
+
+def tf_kernels_files(name: str, subdir: str, md5_top: str, md5_notop: str) -> dict[str, WeightFile]:
+    """The "top" and "notop" files most Keras applications publish: ``{name}_weights_tf_dim_ordering_tf_kernels.h5``
+    and ``..._notop.h5`` in ``subdir``."""
+    stem = f"{name}_weights_tf_dim_ordering_tf_kernels"
+    return {
+        "top": keras_weights_file(f"{stem}.h5", subdir, md5_top),
+        "notop": keras_weights_file(f"{stem}_notop.h5", subdir, md5_notop),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    name: str  # registry key, e.g. "resnet50"
+    """One Keras application: what flaxzoo needs to build, load, test and describe it."""
+
     keras_name: str  # the constructor's name, e.g. "ResNet50"
-    module: str  # the Keras-mirroring module, e.g. "flaxzoo.resnet50"
+    name: str  # registry key, e.g. "resnet50"
+    # The keras.applications modules it is exported from, first the one that names it (resnet50 before resnet);
+    # each becomes a flaxzoo mirror module with the constructors, preprocess_input and decode_predictions.
+    keras_modules: tuple[str, ...]
     default_size: int
     min_size: int
-    preprocess_mode: str  # imagenet_utils.preprocess_input mode: caffe, tf or torch
+    # imagenet_utils.preprocess_input mode: caffe, tf or torch; None where the model preprocesses its
+    # input itself and preprocess_input is the identity (EfficientNet, ConvNeXt, ...)
+    preprocess_mode: str | None
     params: int  # Keras count_params(), include_top=True at the default size
     params_notop: int
     depth: int  # weighted layers (the "Depth" column of keras.io)
     top1: float  # ImageNet validation accuracy, as published on keras.io
-    top5: float
+    top5: float | None  # None where keras.io publishes none (ConvNeXt)
     flops: int  # 2 x multiply-accumulates of the convolutions and dense layers, one image, default size
     weights: Mapping[str, WeightFile]  # variant ("top", "notop", ...) -> published file
+    # The family's module configuration of this preset (e.g. {"blocks": (3, 4, 23, 3)}).
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    default_name: str | None = None  # Keras' default ``name`` argument; None: the registry key
     # md5 -> why a published file with one of our file names is not the one this model loads
     foreign_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Whether the published files name their layers as Keras 3 does (checked when converting). False where Keras'
+    # own files use older names (MobileNetV2's of 2018): then, as Keras 3 does, by order, counts and shapes.
+    file_layer_names: bool = True
     # The Keras graph depends on the static input size (NASNet's adjust blocks): a Keras model built with a
     # dynamic (None, None, 3) input is a different model. flaxzoo always decides from the actual size.
     shape_dependent: bool = False
-    constructor: Callable | None = None
+    # Filled in by register_family: the family (its module, Keras signature and hooks) and the constructor.
+    family: Any = dataclasses.field(default=None, compare=False, repr=False)
+    constructor: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def module(self) -> str:
+        """The mirror module that names the model, e.g. ``"flaxzoo.resnet50"``."""
+        return f"flaxzoo.{self.keras_modules[0]}"
 
     def weight_file(self, variant: str) -> WeightFile:
         try:
             return self.weights[variant]
         except KeyError:
             raise ValueError(
-                f"{self.keras_name} has no published weights for variant {variant!r}; "
-                f"known: {sorted(self.weights)}"
+                f"{self.keras_name} has no published weights for variant {variant!r}; known: {sorted(self.weights)}"
             ) from None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(**spec_fields) -> Callable[[Callable], Callable]:
-    """Decorator for a Keras-named constructor: ``@register_model(name="resnet50", ...)``."""
-
-    def wrap(constructor: Callable) -> Callable:
-        spec = ModelSpec(keras_name=constructor.__name__, constructor=constructor, **spec_fields)
-        if spec.name in _REGISTRY:
-            raise ValueError(f"model {spec.name!r} is registered twice")
-        _REGISTRY[spec.name] = spec
-        constructor.spec = spec
-        return constructor
-
-    return wrap
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` (its family and constructor set); names and Keras names are unique."""
+    for other in _REGISTRY.values():
+        if spec.name in (other.name, other.keras_name.lower()) or spec.keras_name == other.keras_name:
+            raise ValueError(f"model {spec.name!r} ({spec.keras_name}) is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
-def list_models() -> list[str]:
-    """Registered model names (``"resnet50"``, ``"vgg16"``, ...), sorted."""
-    import flaxzoo.models  # noqa: F401  (registers every model)
-
-    return sorted(_REGISTRY)
-
-
-def get_spec(name: str) -> ModelSpec:
-    """The spec of a model by registry name or Keras name (``"resnet50"`` or ``"ResNet50"``)."""
-    list_models()
-    key = name.lower()
-    for spec in _REGISTRY.values():
-        if key in (spec.name, spec.keras_name.lower()):
-            return spec
-    raise ValueError(f"Unknown model {name!r}. Available: {', '.join(sorted(_REGISTRY))}")
-
-
-def create_model(name: str, *, abstract: bool = False, **kwargs):
-    """Build a registered model by name: ``create_model("resnet50", weights=None)`` → ``(model, variables)``.
-
-    ``kwargs`` are the Keras constructor's. ``abstract=True`` (with ``weights=None``) returns variable
-    shapes (``jax.ShapeDtypeStruct``) instead of initialised arrays: cheap, for inspection and conversion.
-    """
-    spec = get_spec(name)
-    if not abstract:
-        return spec.constructor(**kwargs)
-    from flaxzoo.models.common import abstract_variables
-
-    if kwargs.get("weights", "imagenet") is not None:
-        raise ValueError("create_model(abstract=True) needs weights=None")
-    with abstract_variables():
-        return spec.constructor(**kwargs)
-
-
-def keras_weights_file(fname: str, subdir: str, md5: str | None) -> WeightFile:
-    return WeightFile(fname, f"{KERAS_WEIGHTS_PATH}/{subdir}/{fname}", md5)
+def registered() -> dict[str, ModelSpec]:
+    """The specs registered so far, by name (the front door, flaxzoo.zoo, imports every model file first)."""
+    return dict(_REGISTRY)

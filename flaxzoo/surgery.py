@@ -3,8 +3,9 @@
 
 Every Keras layer of a flaxzoo model is a Flax module named as in Keras, so a layer name means the
 same thing here as in Keras, and :func:`layer_names` lists them in Keras' ``model.layers`` order (indices
-included). Intermediate outputs are taken by intercepting the named layer's call during ``apply``;
-:func:`truncate` stops the forward pass there, so under ``jax.jit`` nothing after the layer is traced.
+included). Layers may sit inside block modules: names stay the key, and variables are found at each
+layer's module path (:attr:`flaxzoo.graph.LayerInfo.path`). Intermediate outputs are taken by
+intercepting the named layer's call during ``apply``; :func:`truncate` stops the forward pass there, so under ``jax.jit`` nothing after the layer is traced.
 """
 
 from __future__ import annotations
@@ -141,7 +142,10 @@ def frozen_layers(model: nn.Module, frozen: Frozen) -> frozenset[str]:
     * a callable ``name -> bool``;
     * an iterable of names (each must exist); None: nothing.
     """
-    names = layer_names(model)
+    return _designated(layer_names(model), frozen)
+
+
+def _designated(names: list[str], frozen: Frozen) -> frozenset[str]:
     if frozen is None:
         return frozenset()
     if isinstance(frozen, str):
@@ -167,22 +171,27 @@ def freeze(model: nn.Module, frozen: Frozen) -> nn.Module:
 
 
 def trainable_mask(model: nn.Module, variables, frozen: Frozen = None, *, at: str | Sequence[str] = ()) -> dict:
-    """A pytree of bools shaped like ``variables["params"]``: True where a parameter trains.
+    """A pytree of bools shaped like ``variables["params"]``: True where a parameter trains, False where a
+    module on its path is a frozen Keras layer (a layer inside a block module included). Only ``params``
+    train: the other collections (batch-norm statistics, constants) are not the optimizer's.
 
     ``frozen`` as in :func:`frozen_layers`; by default the layers ``model`` was frozen with
     (:func:`freeze`). ``at``: where ``model`` sits in a larger model whose variables these are (the
     submodule's path, as in :func:`load_pretrained`); parameters outside it (a new head) train.
     For ``optax.multi_transform`` (frozen leaves → ``optax.set_to_zero()``) or ``optax.masked``.
     """
-    names = frozen_layers(model, frozen) if frozen is not None else frozenset(getattr(model, "frozen", ()))
     prefix = (at,) if isinstance(at, str) else tuple(at)
     params = variables["params"] if "params" in variables else variables
+    names = frozenset(getattr(model, "frozen", ())) if frozen is None else None
+    frozen_paths: set[tuple[str, ...]] = set()
+    if names is None or names:  # the module paths of the frozen layers need the graph
+        graph = model_graph(model)
+        names = _designated(graph.names, frozen) if names is None else names
+        frozen_paths = {prefix + layer.path for layer in graph.layers if layer.name in names}
 
     def trainable(path, _):
         keys = tuple(str(getattr(k, "key", k)) for k in path)
-        if keys[: len(prefix)] != prefix or len(keys) <= len(prefix):
-            return True
-        return keys[len(prefix)] not in names
+        return not any(keys[:i] in frozen_paths for i in range(len(prefix) + 1, len(keys)))
 
     return jax.tree_util.tree_map_with_path(trainable, _plain(params))
 
@@ -279,8 +288,9 @@ def summary(model: nn.Module, input_shape: Sequence[int | None] | None = None, p
     frozen = frozenset(getattr(model, "frozen", ()))
     for i, layer in enumerate(graph.layers):
         owned = graph.layer_variables(layer.name)
-        n_params = sum(int(np.prod(v.shape)) for v in owned.get("params", {}).values())
-        n_stats = sum(int(np.prod(v.shape)) for col, vs in owned.items() if col != "params" for v in vs.values())
+        sizes = {col: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(vs)) for col, vs in owned.items()}
+        n_params = sizes.pop("params", 0)
+        n_stats = sum(sizes.values())  # every other collection (statistics, constants) is non-trainable, as in Keras
         if layer.name in frozen:
             non_trainable += n_params + n_stats
         else:

@@ -15,17 +15,19 @@ import numpy as np
 def random_variables(model_name: str, seed: int = 0, **kwargs) -> tuple:
     """``(module, variables)`` of registered model ``model_name`` (Keras constructor ``kwargs``) with
     random weights drawn in numpy from ``seed``."""
-    from flaxzoo.registry import create_model
+    from flaxzoo.zoo import create_model
 
     model, abstract = create_model(model_name, abstract=True, weights=None, **kwargs)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
         kind, shape = path[-1].key, leaf.shape
-        if kind in ("var", "scale"):
+        if kind in ("var", "variance", "scale"):
             return np.ones(shape, np.float32)
         if kind in ("mean", "bias"):
             return np.zeros(shape, np.float32)
+        if kind == "count":  # Normalization's sample count (int32)
+            return np.zeros(shape, leaf.dtype)
         fan_in = int(np.prod(shape[:2])) if kind == "depthwise_kernel" else int(np.prod(shape[:-1]))
         return (rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 

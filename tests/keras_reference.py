@@ -13,6 +13,7 @@ import functools  # noqa: E402
 import inspect  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import h5py  # noqa: E402
@@ -155,7 +156,9 @@ def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return np.asarray(_jitted((_with_features(model),), False)(*_state(_with_features(model)), x)[0][0][0])
 
 
-def keras_preprocess(x: np.ndarray, mode: str) -> np.ndarray:
+def keras_preprocess(x: np.ndarray, mode: str | None) -> np.ndarray:
+    if mode is None:  # the model preprocesses its input (EfficientNet, ConvNeXt): Keras' preprocess_input is the identity
+        return x.copy()
     return np.asarray(keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode))
 
 
@@ -173,6 +176,8 @@ def run_training(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, dict[st
     stats: dict[str, dict[str, np.ndarray]] = {}
     for variable, value in zip(model.non_trainable_variables, updated):
         layer, var = variable.path.split("/")[-2:]  # NASNet nests paths in name scopes
+        if var not in _STAT_NAMES:  # Normalization's weights, Dropout's seed generator state
+            continue
         stats.setdefault(layer, {})[_STAT_NAMES[var]] = np.asarray(value)
     return np.asarray(outputs), stats
 
@@ -228,7 +233,7 @@ def _use(name: str) -> None:
 
 
 def _spec(name):
-    from flaxzoo.registry import get_spec
+    from flaxzoo.zoo import get_spec
 
     return get_spec(name)
 
@@ -249,10 +254,24 @@ def reference_model(name: str, include_top: bool, size: int | None = None, pooli
     kwargs = dict(include_top=include_top, pooling=pooling)
     if size is not None:
         kwargs["input_shape"] = (size, size, 3)
-    model = randomize(build(_spec(name), placeholder_weights=True, **kwargs), seed=0)
+    model = randomize_with_constants(build(_spec(name), placeholder_weights=True, **kwargs), seed=0)
     if include_top:
         calibrate_classifier(model, reference_inputs(name, size or _spec(name).default_size))
     return model
+
+
+@per_model_cache
+def structure_model(name: str, include_top: bool) -> keras.Model:
+    """The Keras model of registry model ``name`` as the registry describes it (default size with the top,
+    dynamic without, static for shape-dependent models), its variables never initialised: layers, names,
+    shapes and counts only (ConvNeXtXLarge's 350M parameters cost nothing)."""
+    spec = _spec(name)
+    size = spec.default_size if include_top or spec.shape_dependent else None
+    keras.backend.clear_session()
+    with keras.StatelessScope(initialize_variables=False):
+        return keras_constructor(spec)(
+            weights=None, include_top=include_top, **({"input_shape": (size, size, 3)} if size else {})
+        )
 
 
 @per_model_cache
@@ -265,3 +284,34 @@ def reference_h5(name: str, include_top: bool, size: int | None = None) -> Path:
 def reference_probabilities(name: str, size: int) -> np.ndarray:
     """Keras' output of the top :func:`reference_model` at ``size`` on :func:`reference_inputs`."""
     return predict(reference_model(name, True, size), reference_inputs(name, size))
+
+
+def randomize_with_constants(model: keras.Model, seed: int = 0) -> keras.Model:
+    """:func:`randomize` for a model with Normalization layers holding weights: their mean (normal), variance
+    (in 0.5-2) and count (an integer) are drawn apart, every other weight as :func:`randomize` draws it."""
+    normalizations = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization) and layer.weights]
+    own = {id(w) for layer in normalizations for w in layer.weights}
+    randomize(types.SimpleNamespace(weights=[w for w in model.weights if id(w) not in own]), seed)
+    rng = np.random.default_rng(seed + 1)
+    for layer in normalizations:
+        shape = tuple(layer.adapt_mean.shape)
+        layer.adapt_mean.assign(rng.normal(0.0, 0.3, shape).astype(np.float32))
+        layer.adapt_variance.assign(rng.uniform(0.5, 2.0, shape).astype(np.float32))
+        layer.count.assign(int(rng.integers(1, 1 << 20)))
+        layer.finalize_state()  # Keras computes with constants derived from the weights when they are set
+    return model
+
+
+@contextlib.contextmanager
+def dropout_off(model: keras.Model):
+    """Within this context, ``model``'s Dropout layers (EfficientNet's stochastic depth, top dropout) are the
+    identity also in training mode (rate 0), so that a training pass is deterministic."""
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
+    for layer in dropouts:
+        layer.rate = 0.0
+    try:
+        yield model
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate

@@ -12,7 +12,7 @@ import pytest
 
 from flaxzoo import graph as graph_lib
 from flaxzoo.errors import CheckpointError
-from flaxzoo.registry import create_model
+from flaxzoo.zoo import create_model
 from flaxzoo.weights import cache_dir, checkpoint, keras_home, load_variables
 
 from test_h5_fuzz import SIZE, SPEC, VARIANT, valid  # noqa: F401  (fixture)

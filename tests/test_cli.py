@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from flaxzoo import cli
-from flaxzoo.registry import get_spec, list_models
+from flaxzoo.zoo import get_spec, list_models
 from flaxzoo.weights import checkpoint
 
 import keras_reference as kr
@@ -38,7 +38,7 @@ MODEL = "resnet50"
 def printed_probability_atol() -> float:
     """The CLI's probabilities against another computation's: float32 rounding of the network
     (tolerances.probability_atol), plus half a unit of the sixth decimal it prints."""
-    from flaxzoo.registry import create_model
+    from flaxzoo.zoo import create_model
 
     return tolerances.probability_atol(create_model(MODEL, abstract=True, weights=None)[1]) + 0.5e-6
 

@@ -3,7 +3,7 @@
 import dataclasses
 
 from flaxzoo.models.densenet import BLOCKS, DenseNetModule
-from flaxzoo.registry import create_model
+from flaxzoo.zoo import create_model
 
 PRESETS = ["densenet121", "densenet169", "densenet201"]
 

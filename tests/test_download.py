@@ -381,6 +381,39 @@ def test_our_own_cached_download_with_a_wrong_md5_is_replaced(server):
     assert server.requests["/some/file.bin"] == 1
 
 
+def test_sha256_published_files_are_verified_cached_and_converted_by_their_sha256(server, monkeypatch, vgg16_notop):
+    """ConvNeXt's files carry a sha256 and no md5 (Keras' get_file takes either): downloads, Keras' cache and
+    the converted checkpoint are checked against it."""
+    keras_model, data, _ = vgg16_notop
+    spec = flaxzoo.get_spec("vgg16")
+    real = spec.weights["notop"]
+    wrong = WeightFile(real.fname, real.path, None, sha256=hashlib.sha256(b"another file").hexdigest())
+    monkeypatch.setitem(spec.weights, "notop", wrong)
+    server.files["/" + real.path] = data
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        vgg16_imagenet()
+    assert leftovers() == []
+
+    wf = WeightFile(real.fname, real.path, None, sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(spec.weights, "notop", wf)
+    model, variables = vgg16_imagenet()
+    assert checkpoint.read_metadata(vgg16_cache())["source"]["sha256"] == wf.sha256
+    assert_matches_keras(keras_model, model, variables)
+    server.stop()  # the cache entry is recognised by its sha256: no request, no .h5 needed
+    (flaxzoo_home() / "downloads" / wf.fname).unlink()
+    vgg16_imagenet()
+
+
+def test_sha256_of_a_cached_download_is_checked(server):
+    body = b"the right contents"
+    server.files["/some/file.bin"] = body
+    stale = flaxzoo_home() / "downloads" / "file.bin"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale contents")
+    path = get_file("file.bin", server.url + "/some/file.bin", sha256=hashlib.sha256(body).hexdigest(), progress=False)
+    assert path.read_bytes() == body and server.requests["/some/file.bin"] == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. HTTP failures
 # ------------------------------------------------------------------------------------------------

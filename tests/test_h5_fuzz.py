@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from flaxzoo import graph as graph_lib
 from flaxzoo.errors import FlaxzooError
-from flaxzoo.registry import create_model, get_spec
+from flaxzoo.zoo import create_model, get_spec
 from flaxzoo.weights import cache_dir, flaxzoo_home, keras_home, load_variables
 from flaxzoo.weights.h5 import read_attr_list
 

@@ -4,9 +4,8 @@ in test_surgery): its residual scales."""
 import jax
 from flax import linen as nn
 
-from flaxzoo.graph import registered_graph
+from flaxzoo.zoo import create_model, registered_graph
 from flaxzoo.layers import CustomScaleLayer
-from flaxzoo.registry import create_model
 
 import keras_reference as kr
 

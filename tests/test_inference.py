@@ -9,9 +9,10 @@ import pytest
 import flaxzoo
 from flaxzoo import layers
 from flaxzoo.inference import foldable_batchnorms
-from flaxzoo.registry import create_model, get_spec, list_models
+from flaxzoo.zoo import create_model, get_spec, list_models
 
 import keras_reference as kr
+import tiers
 import tolerances
 from random_weights import random_variables
 
@@ -88,7 +89,7 @@ def test_auto_lowers_to_the_cpu_forms_on_cpu_and_keras_forms_on_request():
             pass
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", tiers.REPRESENTATIVES)
 def test_folded_batchnorm_matches_the_model(name):
     """Random weights and batch-norm statistics far from (0, 1); features within float32 rounding."""
     size = 2 * get_spec(name).min_size + 1

@@ -25,7 +25,7 @@ import flaxzoo
 from flaxzoo import image as fz_image
 from flaxzoo.errors import FlaxzooError, ImageFileError, InputError
 from flaxzoo.models.common import check_input
-from flaxzoo.registry import create_model, get_spec
+from flaxzoo.zoo import create_model, get_spec
 
 from random_weights import random_variables
 

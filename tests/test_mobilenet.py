@@ -21,7 +21,8 @@ from flaxzoo import layers
 import flaxzoo.weights
 from flaxzoo.graph import trace
 from flaxzoo.models.mobilenet import WEIGHT_ROWS, weight_variant
-from flaxzoo.registry import base_url, create_model, get_spec
+from flaxzoo.registry import base_url
+from flaxzoo.zoo import create_model, get_spec
 from flaxzoo.weights import cache_dir, count_params
 from flaxzoo.weights.checkpoint import is_checkpoint
 from flaxzoo.weights.convert import _slots

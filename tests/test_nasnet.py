@@ -13,9 +13,9 @@ import keras
 import pytest
 from keras.src.applications import nasnet as keras_nasnet
 
-from flaxzoo.graph import registered_graph
+from flaxzoo.zoo import get_spec, registered_graph
 from flaxzoo.models.nasnet import NASNet
-from flaxzoo.registry import WeightFile, get_spec
+from flaxzoo.registry import WeightFile
 from flaxzoo.weights import count_params, keras_home, md5sum
 
 import keras_reference as kr

@@ -3,7 +3,8 @@
 Random Keras weights with non-trivial batch-norm statistics → legacy .h5 (Keras' own writer) →
 flaxzoo → outputs compared within float32 rounding of the model's size (tests/tolerances.py: features
 relative to the largest feature, probabilities absolute), at the default size, at one other (odd) size
-and (no top) at the minimum size. Both sides run jitted, as Keras' ``predict`` and training do; the three pooling variants
+and (no top) at the minimum size (tests/tiers.py: every model at the odd size, each family's smallest preset at all three).
+Both sides run jitted, as Keras' ``predict`` and training do; the three pooling variants
 of a no-top model share their weights and are compiled together on each side.
 """
 
@@ -14,9 +15,10 @@ import numpy as np
 import pytest
 
 from flaxzoo import layers
-from flaxzoo.registry import create_model, get_spec, list_models
+from flaxzoo.zoo import create_model, get_spec, list_models
 
 import keras_reference as kr
+import tiers
 import tolerances
 
 MODELS = list_models()
@@ -51,9 +53,11 @@ def flax_apply_all(models, variables, x):
 assert_features_close = tolerances.assert_features_close
 
 
+TOP_CASES = [(n, "other") for n in MODELS] + [(n, "default") for n in tiers.REPRESENTATIVES]
+
+
 @pytest.mark.parity
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("size_kind", ["default", "other"])
+@pytest.mark.parametrize("name, size_kind", TOP_CASES)
 def test_top_probabilities_match_keras(name, size_kind):
     spec = get_spec(name)
     size = SIZES[size_kind](spec)
@@ -69,9 +73,7 @@ def test_top_probabilities_match_keras(name, size_kind):
     np.testing.assert_array_equal(np.argmax(probs, -1), np.argmax(ref, -1))
 
 
-# NASNetLarge at its minimum size (32) is left out for CI time (~90 s alone): NASNetMobile covers the same
-# NASNet module at its minimum, and NASNetLarge is compared at 331 and 65.
-FEATURE_CASES = [(n, k) for k in ("default", "other", "min") for n in MODELS if (n, k) != ("nasnet_large", "min")]
+FEATURE_CASES = [(n, "other") for n in MODELS] + [(n, k) for k in ("default", "min") for n in tiers.REPRESENTATIVES]
 
 
 @pytest.mark.parity

@@ -13,9 +13,10 @@ from flax import linen as nn
 
 import flaxzoo
 from flaxzoo import cli
-from flaxzoo.registry import create_model, get_spec, list_models
+from flaxzoo.zoo import create_model, get_spec, list_models
 
 import keras_reference as kr
+import tiers
 import tolerances
 from test_parity import assert_features_close, flax_apply, notop_reference, other_size
 
@@ -60,7 +61,7 @@ def sample_layers(name):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", tiers.REPRESENTATIVES)
 def test_extract_and_truncate_equal_keras_intermediate_outputs(name):
     """Keras' ``Model(inputs, get_layer(name).output)`` for three layers at once, and one truncated model."""
     spec = get_spec(name)
@@ -80,7 +81,7 @@ def test_extract_and_truncate_equal_keras_intermediate_outputs(name):
     assert_features_close(flax_apply(flaxzoo.truncate(model, layers[1]), variables, x), refs[1], variables)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", tiers.REPRESENTATIVES)
 def test_truncated_function_stops_at_the_layer(name):
     """Fewer convolutions in the jitted program (1x1 ones are matrix products on CPU): nothing after the
     cut is traced."""

@@ -16,8 +16,7 @@ import pytest
 
 import flaxzoo
 from flaxzoo.errors import CheckpointError, WeightFileError
-from flaxzoo.graph import registered_graph
-from flaxzoo.registry import get_spec
+from flaxzoo.zoo import get_spec, registered_graph
 from flaxzoo.weights import checkpoint, convert_file, md5sum
 from flaxzoo.weights.files import current_umask
 from flaxzoo.weights.h5 import LegacyWeightsFile

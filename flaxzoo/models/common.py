@@ -10,7 +10,7 @@ import functools
 import inspect
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -20,8 +20,15 @@ from flax import linen as nn
 
 from flaxzoo import graph as graph_lib
 from flaxzoo.errors import InputError
-from flaxzoo.layers import GlobalAveragePooling2D, GlobalMaxPooling2D, is_softmax_or_linear, snake_case
-from flaxzoo.registry import ModelSpec
+from flaxzoo.layers import (
+    Dense,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    is_softmax_or_linear,
+    layer_modes,
+    snake_case,
+)
+from flaxzoo.registry import ModelSpec, register
 
 
 _ABSTRACT = contextvars.ContextVar("flaxzoo_abstract_variables", default=False)
@@ -51,6 +58,16 @@ class KerasMessages:
         "If using `weights='imagenet'` with `include_top=True`, `classes` should be 1000.  "
         "Received classes={classes}"
     )
+
+
+# DenseNet's and NASNet's files word both errors alike, and unlike the common head.
+DENSENET_NASNET_MESSAGES = KerasMessages(
+    weights=(
+        "The `weights` argument should be either `None` (random initialization), `imagenet` "
+        "(pre-training on ImageNet), or the path to the weights file to be loaded."
+    ),
+    classes='If using `weights` as `"imagenet"` with `include_top` as true, `classes` should be 1000',
+)
 
 
 def check_weights_arg(weights: Any, messages: KerasMessages = KerasMessages()) -> None:
@@ -160,7 +177,9 @@ def _checking_input(call: Callable) -> Callable:
             args = (check_input(self, args[0]), *args[1:])
         elif input_name in kwargs:
             kwargs[input_name] = check_input(self, kwargs[input_name])
-        return call(self, *args, **kwargs)
+        # frozen / folded batch norms at any depth, blocks written as their own modules included
+        with layer_modes(self, self.frozen, self.folded):
+            return call(self, *args, **kwargs)
 
     return checked
 
@@ -225,6 +244,23 @@ def check_input(model: Application, x):
     )
 
 
+def correct_pad(x, kernel_size):
+    """``imagenet_utils.correct_pad`` on a static shape: the zero padding that makes a stride-2 'valid'
+    convolution equal TF 'SAME' ((k//2 - 1, k//2) on even sizes, (k//2, k//2) on odd ones)."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    h, w = x.shape[1:3]
+    return ((kh // 2 - (1 - h % 2), kh // 2), (kw // 2 - (1 - w % 2), kw // 2))
+
+
+def classifier_head(model: Application, x, *, gap_name: str = "avg_pool", notop_names: tuple = (None, None)):
+    """Keras' usual head. With the top: global average pooling ``gap_name``, then the ``predictions`` dense
+    layer; without: :func:`pooling_head` (its layers named ``notop_names``, (avg, max), where Keras names them)."""
+    if model.include_top:
+        x = GlobalAveragePooling2D(name=gap_name)(x)
+        return Dense(model.classes, activation=model.classifier_activation, name="predictions")(x)
+    return pooling_head(x, model.pooling, *notop_names)
+
+
 def pooling_head(x, pooling: str | None, avg_name: str | None = None, max_name: str | None = None):
     """``include_top=False``: 'avg' / 'max' global pooling; anything else returns the feature map, as in Keras.
 
@@ -237,43 +273,174 @@ def pooling_head(x, pooling: str | None, avg_name: str | None = None, max_name: 
     return x
 
 
-def build_application(
-    spec: ModelSpec,
-    make_module: Callable[..., nn.Module],
-    *,
-    include_top: bool,
-    weights: Any,
-    input_tensor: Any,
-    input_shape: Any,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: Any,
-    name: str | None,
-    seed: int,
-    messages: KerasMessages = KerasMessages(),
-) -> tuple[nn.Module, dict]:
-    """Keras' constructor sequence: check arguments, build the module, then load or initialise variables.
+# ------------------------------------------------------------------------------------------------
+# Families and presets: one build path for every Keras application
+# ------------------------------------------------------------------------------------------------
 
-    ``make_module(include_top=, pooling=, classes=, classifier_activation=, name=, input_shape=,
-    default_size=)`` returns the Flax module (an :class:`Application`).
-    ``input_tensor`` (an array or ``jax.ShapeDtypeStruct``) fixes the input shape and bypasses the
-    shape checks, as in Keras.
-    """
-    check_weights_arg(weights, messages)
-    check_classes(weights, include_top, classes, messages)
-    shape = obtain_input_shape(input_shape, spec.default_size, spec.min_size, include_top, weights)
+# Keras' positional order of the common constructor head, and its defaults. Families that order their
+# arguments otherwise (MobileNet's input_shape first, ConvNeXt's include_preprocessing second) give theirs.
+HEAD = ("include_top", "weights", "input_tensor", "input_shape", "pooling", "classes", "classifier_activation", "name")
+HEAD_DEFAULTS = dict(
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+)
+
+Arguments = dict  # a constructor call's arguments by name, defaults applied
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the presets of one Keras application file share: the Flax module, Keras' constructor signature
+    and messages, and hooks where Keras' constructor departs from the common sequence (see
+    :func:`build_application`). Each hook takes the preset's spec and the call's arguments."""
+
+    module: type[Application]
+    arguments: tuple[str, ...] = HEAD  # Keras' order; ``seed`` follows, keyword-only
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # beyond HEAD_DEFAULTS
+    # constructor arguments that are fields of the module (MobileNet's alpha, depth_multiplier, dropout)
+    architecture: tuple[str, ...] = ()
+    messages: KerasMessages = KerasMessages()
+    doc: str = ""  # appended to the constructors' docstrings
+    # Hooks, in the order build_application calls them (``tuple``: the checked input shape):
+    # before the input shape; may complete the arguments (NASNetMobile's no-top input_shape)
+    check_arguments: Callable[[ModelSpec, Arguments], None] | None = None
+    default_size: Callable[[ModelSpec, Arguments], int] | None = None  # else spec.default_size
+    check: Callable[[ModelSpec, Arguments, tuple], None] | None = None  # after the input shape
+    default_name: Callable[[ModelSpec, Arguments, tuple], str] | None = None  # where Keras' default is None
+    variant: Callable[[ModelSpec, Arguments, tuple], str] | None = None  # the file "imagenet" means
+    # the module's graph depends on ``weights`` (EfficientNet rescales its input for the "imagenet" files only)
+    takes_weights: bool = False
+
+    def signature(self, spec: ModelSpec) -> inspect.Signature:
+        defaults = {**HEAD_DEFAULTS, "name": spec.default_name or spec.name, **self.defaults}
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params = [inspect.Parameter(arg, kind, default=defaults[arg]) for arg in self.arguments]
+        params.append(inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0))
+        return inspect.Signature(params)
+
+
+def build_application(spec: ModelSpec, arguments: Arguments, *, seed: int = 0):
+    """Keras' constructor sequence for ``spec`` called with ``arguments``: check the arguments (Keras' errors,
+    in Keras' order), build the module, then load or initialise its variables. Keras' unexported generic
+    builders (``DenseNet(blocks)``, ``NASNet(...)``) pass a spec with their own ``config``."""
+    family: Family = spec.family
+    a = dict(arguments)
+    weights, include_top = a["weights"], a["include_top"]
+    imagenet = isinstance(weights, str) and weights == "imagenet"
+    check_weights_arg(weights, family.messages)
+    check_classes(weights, include_top, a["classes"], family.messages)
+    if family.check_arguments:
+        family.check_arguments(spec, a)
+    default_size = family.default_size(spec, a) if family.default_size else spec.default_size
+    shape = obtain_input_shape(a["input_shape"], default_size, spec.min_size, include_top, weights)
+    if family.check:
+        family.check(spec, a, shape)
     if include_top:
-        validate_activation(classifier_activation, weights)
-    module = make_module(
+        validate_activation(a["classifier_activation"], weights)
+    name = a["name"] if a["name"] is not None or not family.default_name else family.default_name(spec, a, shape)
+    module = family.module(
+        **spec.config,
+        **{k: a[k] for k in family.architecture},
+        **({"weights": "imagenet" if imagenet else None} if family.takes_weights else {}),
         include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+        pooling=a["pooling"],
+        classes=a["classes"],
+        classifier_activation=a["classifier_activation"],
         name=name,
-        input_shape=input_shape_of(input_tensor, shape),
-        default_size=spec.default_size,
+        input_shape=input_shape_of(a["input_tensor"], shape),
+        default_size=default_size,
     )
-    return instantiate(spec, module, weights=weights, seed=seed)
+    variant = family.variant(spec, a, shape) if family.variant and imagenet else None
+    return instantiate(spec, module, weights=weights, seed=seed, variant=variant)
+
+
+def keras_constructor(spec: ModelSpec) -> Callable:
+    """The Keras-named constructor of ``spec``: Keras' signature (order, defaults) plus keyword-only ``seed``,
+    returning ``(module, variables)``."""
+    signature = spec.family.signature(spec)
+
+    def constructor(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{spec.keras_name}() {e}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        seed = arguments.pop("seed")
+        return build_application(spec, arguments, seed=seed)
+
+    constructor.__name__ = constructor.__qualname__ = spec.keras_name
+    constructor.__module__ = spec.module
+    constructor.__signature__ = signature
+    constructor.__doc__ = _docstring(spec)
+    constructor.spec = spec
+    return constructor
+
+
+_WEIGHTS_DOC = (
+    '``weights``: None (random, from ``seed``), "imagenet", a Keras ``.h5`` path or a flaxzoo checkpoint directory.'
+)
+_PREPROCESSING_DOC = {
+    "caffe": "caffe mode: BGR, ImageNet mean subtracted",
+    "tf": "tf mode: [-1, 1]",
+    "torch": "torch mode: [0, 1], then ImageNet mean and standard deviation per RGB channel",
+}
+
+
+def _docstring(spec: ModelSpec) -> str:
+    family: Family = spec.family
+    if spec.preprocess_mode is None:
+        inputs = "Inputs are NHWC float images in [0, 255]: the model preprocesses them itself"
+    else:
+        inputs = f"Inputs are ``preprocess_input``-ed NHWC float images ({_PREPROCESSING_DOC[spec.preprocess_mode]})"
+    lines = [
+        f"Instantiates {spec.keras_name} (keras.applications.{spec.keras_name}); returns ``(model, variables)``.",
+        "",
+        f"    {_WEIGHTS_DOC}",
+        f"    {inputs}, at least {spec.min_size}x{spec.min_size}; the top model takes "
+        f"{spec.default_size}x{spec.default_size}.",
+    ]
+    if family.doc:
+        lines += ["", *("    " + line if line else "" for line in family.doc.strip().splitlines())]
+    return "\n".join(lines) + "\n"
+
+
+def preset_table(columns: str, *rows: tuple, **shared) -> list[ModelSpec]:
+    """A family's presets as a table: ``columns`` names the fields of each row (``ModelSpec`` fields, or
+    ``config.<field>`` for the family module's configuration); ``shared`` fields are every row's. A row may
+    end with a dict of fields of its own (ResNet50's ``foreign_files``)."""
+    names = columns.split()
+    specs = []
+    for row in rows:
+        own = row[-1] if len(row) == len(names) + 1 and isinstance(row[-1], dict) else {}
+        row = row[: len(names)] if own else row
+        if len(row) != len(names):
+            raise ValueError(f"preset row {row[:2]} has {len(row)} cells for {len(names)} columns")
+        fields = dict(shared, **own, config=dict(shared.get("config", {})))
+        for name, value in zip(names, row):
+            if name.startswith("config."):
+                fields["config"][name.removeprefix("config.")] = value
+            else:
+                fields[name] = value
+        specs.append(ModelSpec(**fields))
+    return specs
+
+
+def register_family(family: Family, *specs: ModelSpec) -> tuple[Callable, ...]:
+    """Register the presets of ``family``; returns their constructors, in the order given."""
+    constructors = []
+    for spec in specs:
+        spec = dataclasses.replace(spec, family=family)
+        constructor = keras_constructor(spec)
+        object.__setattr__(spec, "constructor", constructor)
+        register(spec)
+        constructors.append(constructor)
+    return tuple(constructors)
 
 
 def input_shape_of(input_tensor: Any, checked_shape: tuple) -> tuple:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 from flax import linen as nn
 
@@ -19,14 +18,20 @@ from flaxzoo.layers import (
     BatchNormalization,
     Concatenate,
     Conv2D,
-    Dense,
-    GlobalAveragePooling2D,
     InputLayer,
     MaxPooling2D,
     ZeroPadding2D,
 )
-from flaxzoo.models.common import Application, KerasMessages, build_application, pooling_head
-from flaxzoo.registry import get_spec, keras_weights_file, register_model
+from flaxzoo.models.common import (
+    DENSENET_NASNET_MESSAGES,
+    Application,
+    Family,
+    build_application,
+    classifier_head,
+    preset_table,
+    register_family,
+)
+from flaxzoo.registry import tf_kernels_files
 
 BatchNorm = partial(BatchNormalization, epsilon=1.001e-5)
 
@@ -92,31 +97,35 @@ class DenseNetModule(Application):
         x = BatchNorm(name="bn")(x, train)
         x = Activation("relu", name="relu")(x)
 
-        if self.include_top:
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling, avg_name="avg_pool", max_name="max_pool")
+        return classifier_head(self, x, notop_names=("avg_pool", "max_pool"))
 
 
-MESSAGES = KerasMessages(
-    weights=(
-        "The `weights` argument should be either `None` (random initialization), `imagenet` "
-        "(pre-training on ImageNet), or the path to the weights file to be loaded."
-    ),
-    classes='If using `weights` as `"imagenet"` with `include_top` as true, `classes` should be 1000',
-)
+FAMILY = Family(DenseNetModule, messages=DENSENET_NASNET_MESSAGES)
+# fmt: off
+DenseNet121, DenseNet169, DenseNet201 = register_family(FAMILY, *preset_table(
+    "keras_name    name           config.blocks          params      params_notop  depth  top1   top5   flops          weights",
+    ("DenseNet121", "densenet121", BLOCKS["densenet121"],  8_062_504,  7_037_504,    242,   0.750, 0.923, 5_668_323_328, tf_kernels_files("densenet121", "densenet", "9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738")),
+    ("DenseNet169", "densenet169", BLOCKS["densenet169"],  14_307_880, 12_642_880,   338,   0.762, 0.932, 6_719_686_656, tf_kernels_files("densenet169", "densenet", "d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b")),
+    ("DenseNet201", "densenet201", BLOCKS["densenet201"],  20_242_984, 18_321_984,   402,   0.773, 0.936, 8_582_731_776, tf_kernels_files("densenet201", "densenet", "1ceb130c1ea1b78c3bf6114dbdfd8807", "c13680b51ded0fb44dff2d8f86ac8bb1")),
+    keras_modules=("densenet",), default_size=224, min_size=32, preprocess_mode="torch",
+))
+# fmt: on
+
+
+def _undefined_weights(spec, arguments, shape):
+    raise ValueError("weights_path undefined")  # Keras raises it once the model is built
 
 
 def DenseNet(
     blocks: Sequence[int],
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "densenet",
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name="densenet",
     *,
     seed: int = 0,
 ):
@@ -127,159 +136,11 @@ def DenseNet(
     lists, ``blocks`` may be any sequence.
     """
     blocks = tuple(blocks)
-    preset = next((get_spec(n) for n, b in BLOCKS.items() if b == blocks), None)
-
-    def make_module(**kwargs):
-        if weights == "imagenet" and preset is None:  # Keras raises after building the model
-            raise ValueError("weights_path undefined")
-        return DenseNetModule(blocks=blocks, **kwargs)
-
+    preset = next((c.spec for c in (DenseNet121, DenseNet169, DenseNet201) if c.spec.config["blocks"] == blocks), None)
     # A custom depth borrows DenseNet121's sizes (224, at least 32): they are the same for every DenseNet.
-    spec = preset or dataclasses.replace(DenseNet121.spec, name="densenet", keras_name="DenseNet", weights={})
-    return build_application(
-        spec,
-        make_module,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-        messages=MESSAGES,
-    )
-
-
-def _weights(depth: int, md5_top: str, md5_notop: str):
-    stem = f"densenet{depth}_weights_tf_dim_ordering_tf_kernels"
-    return {
-        "top": keras_weights_file(f"{stem}.h5", "densenet", md5_top),
-        "notop": keras_weights_file(f"{stem}_notop.h5", "densenet", md5_notop),
-    }
-
-
-_COMMON = dict(module="flaxzoo.densenet", default_size=224, min_size=32, preprocess_mode="torch")
-
-_DOC = """Instantiates {keras_name} (keras.applications.{keras_name}); returns ``(model, variables)``.
-
-    ``weights``: None (random, from ``seed``), "imagenet", a Keras ``.h5`` path or a flaxzoo checkpoint directory.
-    Inputs are ``preprocess_input``-ed NHWC float images (torch mode: [0, 1], then ImageNet mean/std per
-    RGB channel), at least 32x32; the top model takes 224x224.
-    """
-
-
-@register_model(
-    name="densenet121",
-    params=8_062_504,
-    params_notop=7_037_504,
-    depth=242,
-    top1=0.750,
-    top5=0.923,
-    flops=5_668_323_328,
-    weights=_weights(121, "9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738"),
-    **_COMMON,
-)
-def DenseNet121(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "densenet121",
-    *,
-    seed: int = 0,
-):
-    return DenseNet(
-        BLOCKS["densenet121"],
-        include_top,
-        weights,
-        input_tensor,
-        input_shape,
-        pooling,
-        classes,
-        classifier_activation,
-        name=name,
-        seed=seed,
-    )
-
-
-@register_model(
-    name="densenet169",
-    params=14_307_880,
-    params_notop=12_642_880,
-    depth=338,
-    top1=0.762,
-    top5=0.932,
-    flops=6_719_686_656,
-    weights=_weights(169, "d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b"),
-    **_COMMON,
-)
-def DenseNet169(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "densenet169",
-    *,
-    seed: int = 0,
-):
-    return DenseNet(
-        BLOCKS["densenet169"],
-        include_top,
-        weights,
-        input_tensor,
-        input_shape,
-        pooling,
-        classes,
-        classifier_activation,
-        name=name,
-        seed=seed,
-    )
-
-
-@register_model(
-    name="densenet201",
-    params=20_242_984,
-    params_notop=18_321_984,
-    depth=402,
-    top1=0.773,
-    top5=0.936,
-    flops=8_582_731_776,
-    weights=_weights(201, "1ceb130c1ea1b78c3bf6114dbdfd8807", "c13680b51ded0fb44dff2d8f86ac8bb1"),
-    **_COMMON,
-)
-def DenseNet201(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "densenet201",
-    *,
-    seed: int = 0,
-):
-    return DenseNet(
-        BLOCKS["densenet201"],
-        include_top,
-        weights,
-        input_tensor,
-        input_shape,
-        pooling,
-        classes,
-        classifier_activation,
-        name=name,
-        seed=seed,
-    )
-
-
-for _constructor in (DenseNet121, DenseNet169, DenseNet201):
-    _constructor.__doc__ = _DOC.format(keras_name=_constructor.__name__)
+    spec = preset or dataclasses.replace(
+        DenseNet121.spec, name="densenet", keras_name="DenseNet", weights={},
+        config={"blocks": blocks}, family=dataclasses.replace(FAMILY, variant=_undefined_weights),
+    )  # fmt: skip
+    arguments = {k: v for k, v in locals().items() if k in spec.family.arguments}
+    return build_application(spec, arguments, seed=seed)

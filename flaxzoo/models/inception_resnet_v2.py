@@ -12,8 +12,6 @@ the order in which Keras creates the layers: the functions below follow it call 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
-
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -24,13 +22,11 @@ from flaxzoo.layers import (
     Concatenate,
     Conv2D,
     CustomScaleLayer,
-    Dense,
-    GlobalAveragePooling2D,
     InputLayer,
     MaxPooling2D,
 )
-from flaxzoo.models.common import Application, KerasMessages, build_application, pooling_head
-from flaxzoo.registry import keras_weights_file, register_model
+from flaxzoo.models.common import Application, Family, KerasMessages, classifier_head, preset_table, register_family
+from flaxzoo.registry import tf_kernels_files
 
 BatchNorm = partial(BatchNormalization, scale=False)  # epsilon 1e-3, momentum 0.99: Keras' defaults
 
@@ -40,9 +36,7 @@ def conv2d_bn(
 ):
     """Conv ``name`` → BN ``{name}_bn`` (only without bias; no gamma) → activation ``{name}_ac``
     (unless None). Without ``name``, each layer gets its Keras auto name."""
-    x = Conv2D(
-        filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias, name=name or auto(Conv2D)
-    )(x)
+    x = Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias, name=name or auto(Conv2D))(x)
     if not use_bias:
         x = BatchNorm(name=f"{name}_bn" if name else auto(BatchNormalization))(x, train)
     if activation is not None:
@@ -114,7 +108,6 @@ def mixed_7a(x, auto, train):
 
 
 class InceptionResNetV2Module(Application):
-
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()
@@ -139,10 +132,7 @@ class InceptionResNetV2Module(Application):
         x = inception_resnet_block(x, 1.0, "block8", 10, auto, train, activation=None)
         x = conv2d_bn(x, 1536, 1, auto, train, name="conv_7b")  # 8x8x1536
 
-        if self.include_top:
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling)
+        return classifier_head(self, x)
 
 
 MESSAGES = KerasMessages(
@@ -151,65 +141,15 @@ MESSAGES = KerasMessages(
         "(pre-training on ImageNet), or the path to the weights file to be loaded."
     ),
     classes=(
-        'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. '
-        "Received classes={classes}"
+        'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. Received classes={classes}'
     ),
 )
 
 
-@register_model(
-    name="inception_resnet_v2",
-    module="flaxzoo.inception_resnet_v2",
-    default_size=299,
-    min_size=75,
+# fmt: off
+(InceptionResNetV2,) = register_family(Family(InceptionResNetV2Module, messages=MESSAGES), *preset_table(
+    "keras_name           name                   keras_modules             default_size  min_size  params      params_notop  depth  top1   top5   flops           weights",
+    ("InceptionResNetV2", "inception_resnet_v2", ("inception_resnet_v2",),  299,          75,       55_873_736, 54_336_736,   449,   0.803, 0.953, 26_311_588_032, tf_kernels_files("inception_resnet_v2", "inception_resnet_v2", "e693bd0210a403b3192acc6073ad2e96", "d19885ff4a710c122648d3b5c3b684e4")),
     preprocess_mode="tf",
-    params=55_873_736,
-    params_notop=54_336_736,
-    depth=449,
-    top1=0.803,
-    top5=0.953,
-    flops=26_311_588_032,
-    weights={
-        "top": keras_weights_file(
-            "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
-            "inception_resnet_v2",
-            "e693bd0210a403b3192acc6073ad2e96",
-        ),
-        "notop": keras_weights_file(
-            "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "inception_resnet_v2",
-            "d19885ff4a710c122648d3b5c3b684e4",
-        ),
-    },
-)
-def InceptionResNetV2(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "inception_resnet_v2",
-    *,
-    seed: int = 0,
-):
-    """Instantiates Inception-ResNet v2 (keras.applications.InceptionResNetV2); returns ``(model, variables)``.
-
-    ``weights``: None (random, from ``seed``), "imagenet", a Keras ``.h5`` path or a flaxzoo checkpoint directory.
-    Inputs are ``preprocess_input``-ed NHWC float images (tf mode: [-1, 1]), at least 75x75.
-    """
-    return build_application(
-        InceptionResNetV2.spec,
-        InceptionResNetV2Module,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-        messages=MESSAGES,
-    )
+))
+# fmt: on

@@ -11,8 +11,6 @@ order in which Keras creates the layers, which the functions below follow call f
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
-
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -22,22 +20,18 @@ from flaxzoo.layers import (
     BatchNormalization,
     Concatenate,
     Conv2D,
-    Dense,
-    GlobalAveragePooling2D,
     InputLayer,
     MaxPooling2D,
 )
-from flaxzoo.models.common import Application, KerasMessages, build_application, pooling_head
-from flaxzoo.registry import keras_weights_file, register_model
+from flaxzoo.models.common import Application, Family, KerasMessages, classifier_head, preset_table, register_family
+from flaxzoo.registry import tf_kernels_files
 
 BatchNorm = partial(BatchNormalization, scale=False)  # epsilon 1e-3, momentum 0.99: Keras' defaults
 
 
 def conv2d_bn(x, filters, num_row, num_col, auto, train, padding="same", strides=1):
     """Conv ``num_row``x``num_col`` (no bias) → BN (no gamma) → relu, all three auto-named."""
-    x = Conv2D(
-        filters, (num_row, num_col), strides=strides, padding=padding, use_bias=False, name=auto(Conv2D)
-    )(x)
+    x = Conv2D(filters, (num_row, num_col), strides=strides, padding=padding, use_bias=False, name=auto(Conv2D))(x)
     x = BatchNorm(name=auto(BatchNormalization))(x, train)
     return Activation("relu", name=auto(Activation))(x)
 
@@ -133,7 +127,6 @@ def mixed_8x8(x, i, auto, train):
 
 
 class InceptionV3Module(Application):
-
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()
@@ -155,10 +148,7 @@ class InceptionV3Module(Application):
         for i in range(2):  # 8x8x2048
             x = mixed_8x8(x, i, auto, train)
 
-        if self.include_top:
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling)
+        return classifier_head(self, x)
 
 
 MESSAGES = KerasMessages(
@@ -168,63 +158,15 @@ MESSAGES = KerasMessages(
         "Received: weights={weights}"
     ),
     classes=(
-        'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. '
-        "Received classes={classes}"
+        'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. Received classes={classes}'
     ),
 )
 
 
-@register_model(
-    name="inception_v3",
-    module="flaxzoo.inception_v3",
-    default_size=299,
-    min_size=75,
+# fmt: off
+(InceptionV3,) = register_family(Family(InceptionV3Module, messages=MESSAGES), *preset_table(
+    "keras_name     name            keras_modules      default_size  min_size  params      params_notop  depth  top1   top5   flops           weights",
+    ("InceptionV3", "inception_v3", ("inception_v3",),  299,          75,       23_851_784, 21_802_784,   189,   0.779, 0.937, 11_426_432_192, tf_kernels_files("inception_v3", "inception_v3", "9a0d58056eeedaa3f26cb7ebd46da564", "bcbd6486424b2319ff4ef7d526e38f63")),
     preprocess_mode="tf",
-    params=23_851_784,
-    params_notop=21_802_784,
-    depth=189,
-    top1=0.779,
-    top5=0.937,
-    flops=11_426_432_192,
-    weights={
-        "top": keras_weights_file(
-            "inception_v3_weights_tf_dim_ordering_tf_kernels.h5", "inception_v3", "9a0d58056eeedaa3f26cb7ebd46da564"
-        ),
-        "notop": keras_weights_file(
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "inception_v3",
-            "bcbd6486424b2319ff4ef7d526e38f63",
-        ),
-    },
-)
-def InceptionV3(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "inception_v3",
-    *,
-    seed: int = 0,
-):
-    """Instantiates Inception v3 (keras.applications.InceptionV3); returns ``(model, variables)``.
-
-    ``weights``: None (random, from ``seed``), "imagenet", a Keras ``.h5`` path or a flaxzoo checkpoint directory.
-    Inputs are ``preprocess_input``-ed NHWC float images (tf mode: [-1, 1]), at least 75x75.
-    """
-    return build_application(
-        InceptionV3.spec,
-        InceptionV3Module,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-        messages=MESSAGES,
-    )
+))
+# fmt: on

@@ -9,7 +9,6 @@ Padding follows Keras literally: ``conv1`` is TF 'SAME' (stride 2), but every st
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 from flax import linen as nn
 
@@ -26,18 +25,8 @@ from flaxzoo.layers import (
     Reshape,
     ZeroPadding2D,
 )
-from flaxzoo.models.common import (
-    Application,
-    KerasMessages,
-    check_classes,
-    check_weights_arg,
-    input_shape_of,
-    instantiate,
-    obtain_input_shape,
-    pooling_head,
-    validate_activation,
-)
-from flaxzoo.registry import keras_weights_file, register_model
+from flaxzoo.models.common import Application, Family, KerasMessages, pooling_head, preset_table, register_family
+from flaxzoo.registry import keras_weights_file
 
 # (pointwise filters before alpha, depthwise stride) of blocks 1..13: the paper's Table 1, a row per resolution.
 # fmt: off
@@ -155,87 +144,70 @@ def _weight_files() -> dict:
     return dict(sorted(files.items(), key=lambda item: item[0] not in ("top", "notop")))  # those first
 
 
-@register_model(
-    name="mobilenet",
-    module="flaxzoo.mobilenet",
-    default_size=224,
-    min_size=32,
-    preprocess_mode="tf",
-    params=4_253_864,
-    params_notop=3_228_864,
-    depth=55,
-    top1=0.704,
-    top5=0.895,
-    flops=1_137_480_704,
-    weights=_weight_files(),
-)
-def MobileNet(
-    input_shape: Any = None,
-    alpha: float = 1.0,
-    depth_multiplier: int = 1,
-    dropout: float = 1e-3,
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str | None = None,
-    *,
-    seed: int = 0,
-):
-    """Instantiates MobileNet (keras.applications.MobileNet); returns ``(model, variables)``.
-
-    Note that ``input_shape`` comes first, as in Keras. ``alpha`` scales every width, ``depth_multiplier``
-    the depthwise convolutions' outputs. ImageNet weights exist for alpha in {0.25, 0.5, 0.75, 1.0},
-    ``depth_multiplier=1`` and square inputs of 128, 160, 192 or 224; as in Keras, a no-top model at any
-    other size gets the 224 weights (with a warning). Inputs are ``preprocess_input``-ed NHWC float images
-    (tf mode: [-1, 1]), at least 32x32. The default name is ``f"mobilenet_{alpha:0.2f}_{rows}"``.
-    """
-    check_weights_arg(weights, MESSAGES)
-    check_classes(weights, include_top, classes, MESSAGES)
-
-    # Keras' default size: the given rows when square and one of the published sizes.
-    if input_shape is None:
-        default_size = 224
-    else:
-        rows, cols = input_shape[0], input_shape[1]
-        default_size = rows if rows == cols and rows in WEIGHT_ROWS else 224
-    shape = obtain_input_shape(input_shape, default_size, MobileNet.spec.min_size, include_top, weights)
+def _default_size(spec, a):
+    """Keras' default size: the given rows when square and one of the published sizes."""
+    shape = a["input_shape"]
+    if shape is None:
+        return 224
     rows, cols = shape[0], shape[1]
+    return rows if rows == cols and rows in WEIGHT_ROWS else 224
 
-    if weights == "imagenet":
-        if depth_multiplier != 1:
-            raise ValueError(
-                "If imagenet weights are being loaded, depth multiplier must be 1.  "
-                f"Received depth_multiplier={depth_multiplier}"
-            )
-        if alpha not in [0.25, 0.50, 0.75, 1.0]:
-            raise ValueError(
-                "If imagenet weights are being loaded, alpha can be one of`0.25`, `0.50`, `0.75` or `1.0` only.  "
-                f"Received alpha={alpha}"
-            )
-        if rows != cols or rows not in WEIGHT_ROWS:
-            rows = 224
-            warnings.warn(
-                "`input_shape` is undefined or non-square, or `rows` is not in [128, 160, 192, 224]. "
-                "Weights for input shape (224, 224) will be loaded as the default.",
-                stacklevel=2,
-            )
 
-    if include_top:
-        validate_activation(classifier_activation, weights)
-    module = MobileNetModule(
-        alpha=alpha,
-        depth_multiplier=depth_multiplier,
-        dropout=dropout,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=f"mobilenet_{alpha:0.2f}_{rows}" if name is None else name,
-        input_shape=input_shape_of(input_tensor, shape),
-        default_size=default_size,
-    )
-    variant = weight_variant(alpha, rows, include_top) if weights == "imagenet" else None
-    return instantiate(MobileNet.spec, module, weights=weights, seed=seed, variant=variant)
+def _weight_rows(a, shape) -> int | None:
+    """The rows of the file Keras loads (and names the model after): 224 where there is no file of the size."""
+    rows, cols = shape[0], shape[1]
+    if a["weights"] == "imagenet" and (rows != cols or rows not in WEIGHT_ROWS):
+        return 224
+    return rows
+
+
+def _check(spec, a, shape):
+    if a["weights"] != "imagenet":
+        return
+    if a["depth_multiplier"] != 1:
+        raise ValueError(
+            "If imagenet weights are being loaded, depth multiplier must be 1.  "
+            f"Received depth_multiplier={a['depth_multiplier']}"
+        )
+    if a["alpha"] not in [0.25, 0.50, 0.75, 1.0]:
+        raise ValueError(
+            "If imagenet weights are being loaded, alpha can be one of`0.25`, `0.50`, `0.75` or `1.0` only.  "
+            f"Received alpha={a['alpha']}"
+        )
+    if shape[0] != shape[1] or shape[0] not in WEIGHT_ROWS:
+        warnings.warn(
+            "`input_shape` is undefined or non-square, or `rows` is not in [128, 160, 192, 224]. "
+            "Weights for input shape (224, 224) will be loaded as the default.",
+            stacklevel=4,  # the constructor's caller
+        )
+
+
+FAMILY = Family(
+    MobileNetModule,
+    arguments=(
+        "input_shape", "alpha", "depth_multiplier", "dropout", "include_top", "weights", "input_tensor",
+        "pooling", "classes", "classifier_activation", "name",
+    ),
+    defaults=dict(alpha=1.0, depth_multiplier=1, dropout=1e-3, name=None),
+    architecture=("alpha", "depth_multiplier", "dropout"),
+    messages=MESSAGES,
+    default_size=_default_size,
+    check=_check,
+    default_name=lambda spec, a, shape: f"mobilenet_{a['alpha']:0.2f}_{_weight_rows(a, shape)}",
+    variant=lambda spec, a, shape: weight_variant(a["alpha"], _weight_rows(a, shape), a["include_top"]),
+    doc="""
+Note that ``input_shape`` comes first, as in Keras. ``alpha`` scales every width, ``depth_multiplier``
+the depthwise convolutions' outputs. ImageNet weights exist for alpha in {0.25, 0.5, 0.75, 1.0},
+``depth_multiplier=1`` and square inputs of 128, 160, 192 or 224; as in Keras, a no-top model at any
+other size gets the 224 weights (with a warning), and the top model's size is that of the file. The
+default name is ``f"mobilenet_{alpha:0.2f}_{rows}"``.
+""",
+)  # fmt: skip
+
+# fmt: off
+(MobileNet,) = register_family(FAMILY, *preset_table(
+    "keras_name   name         keras_modules   params     params_notop  depth  top1   top5   flops          weights",
+    ("MobileNet", "mobilenet", ("mobilenet",),  4_253_864, 3_228_864,    55,    0.704, 0.895, 1_137_480_704, _weight_files()),
+    default_size=224, min_size=32, preprocess_mode="tf",
+))
+# fmt: on

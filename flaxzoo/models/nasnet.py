@@ -11,8 +11,8 @@ builds the model the weights were trained for, at any input size.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
-from typing import Any
 
 from flax import linen as nn
 
@@ -25,7 +25,6 @@ from flaxzoo.layers import (
     Concatenate,
     Conv2D,
     Cropping2D,
-    Dense,
     GlobalAveragePooling2D,
     InputLayer,
     MaxPooling2D,
@@ -33,27 +32,18 @@ from flaxzoo.layers import (
     ZeroPadding2D,
 )
 from flaxzoo.models.common import (
+    DENSENET_NASNET_MESSAGES,
     Application,
-    KerasMessages,
-    check_classes,
-    check_weights_arg,
-    input_shape_of,
-    instantiate,
-    obtain_input_shape,
-    pooling_head,
-    validate_activation,
+    Family,
+    build_application,
+    correct_pad,
+    classifier_head,
+    preset_table,
+    register_family,
 )
-from flaxzoo.registry import KERAS_WEIGHTS_PATH, WeightFile, register_model
+from flaxzoo.registry import KERAS_WEIGHTS_PATH, WeightFile
 
 BatchNorm = partial(BatchNormalization, momentum=0.9997, epsilon=1e-3)
-
-
-def correct_pad(x, kernel_size):
-    """``imagenet_utils.correct_pad`` on a static shape: the zero padding that makes a stride-2 'valid'
-    convolution equal TF 'SAME' ((k//2 - 1, k//2) on even sizes, (k//2, k//2) on odd ones)."""
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    h, w = x.shape[1:3]
-    return ((kh // 2 - (1 - h % 2), kh // 2), (kw // 2 - (1 - w % 2), kw // 2))
 
 
 def _separable_conv_block(ip, filters, kernel_size=(3, 3), strides=(1, 1), block_id=None, *, auto, train):
@@ -190,9 +180,9 @@ class NASNetModule(Application):
         filters = self.penultimate_filters // 24
 
         x = InputLayer(name="input_layer")(x)
-        x = Conv2D(
-            self.stem_block_filters, (3, 3), strides=(2, 2), padding="valid", use_bias=False, name="stem_conv1"
-        )(x)
+        x = Conv2D(self.stem_block_filters, (3, 3), strides=(2, 2), padding="valid", use_bias=False, name="stem_conv1")(
+            x
+        )
         x = BatchNorm(name="stem_bn1")(x, train)  # no relu: every cell starts with one on its input
 
         p = None
@@ -217,19 +207,84 @@ class NASNetModule(Application):
 
         x = Activation("relu", name=auto(Activation))(x)
 
-        if self.include_top:
-            x = GlobalAveragePooling2D(name=auto(GlobalAveragePooling2D))(x)
-            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling)
+        return classifier_head(self, x, gap_name=auto(GlobalAveragePooling2D))
 
 
-MESSAGES = KerasMessages(
-    weights=(
-        "The `weights` argument should be either `None` (random initialization), `imagenet` "
-        "(pre-training on ImageNet), or the path to the weights file to be loaded."
+def _static_input_shape(spec, a):
+    if isinstance(a["input_shape"], tuple) and None in a["input_shape"] and a["weights"] == "imagenet":
+        raise ValueError(
+            "When specifying the input shape of a NASNet and loading `ImageNet` weights, the input_shape "
+            f"argument must be static (no None entries). Got: `input_shape={a['input_shape']}`."
+        )
+
+
+def _mobile_input_shape(spec, a):
+    if not a["include_top"] and a["input_shape"] is None:
+        a["input_shape"] = (224, 224, 3)  # Keras' NASNetMobile fixes it for the checks; NASNetLarge does not
+    _static_input_shape(spec, a)
+
+
+def _penultimate_filters(spec, a, shape):
+    filters, multiplier = spec.config["penultimate_filters"], spec.config["filter_multiplier"]
+    if filters % (24 * (multiplier**2)) != 0:
+        raise ValueError(
+            "For NASNet-A models, the `penultimate_filters` must be a multiple of 24 * "
+            f"(`filter_multiplier` ** 2). Current value: {filters}"
+        )
+
+
+def _published_variant(spec, a, shape):
+    if not spec.weights:  # the generic builder at a default size other than 224 and 331
+        raise ValueError("ImageNet weights can only be loaded with NASNetLarge or NASNetMobile")
+    return "top" if a["include_top"] else "notop"
+
+
+FAMILY = Family(
+    NASNetModule,
+    arguments=(
+        "input_shape",
+        "include_top",
+        "weights",
+        "input_tensor",
+        "pooling",
+        "classes",
+        "classifier_activation",
+        "name",
     ),
-    classes='If using `weights` as `"imagenet"` with `include_top` as true, `classes` should be 1000',
+    messages=DENSENET_NASNET_MESSAGES,
+    check_arguments=_static_input_shape,
+    check=_penultimate_filters,
+    variant=_published_variant,
+    doc="""
+Note that ``input_shape`` comes first, as in Keras.
+
+Without ``input_shape``, Keras builds NASNetLarge's no-top model for a dynamic input: its adjust blocks are
+then all projections (526 weighted layers), which cannot load the published no-top file (532). flaxzoo
+decides from the actual static size, as Keras does with a static ``input_shape``: the model loads that
+file and runs at any size of at least 32x32. (NASNetMobile's no-top model takes ``input_shape=(224, 224,
+3)`` for the checks, as in Keras.)
+""",
 )
+
+
+def _nasnet_files(size: str, md5_top: str, md5_notop: str) -> dict[str, WeightFile]:
+    """Keras caches ``nasnet/NASNet-mobile.h5`` as ``nasnet_mobile.h5`` (and so on): the names differ."""
+    return {
+        "top": WeightFile(f"nasnet_{size}.h5", f"{KERAS_WEIGHTS_PATH}/nasnet/NASNet-{size}.h5", md5_top),
+        "notop": WeightFile(f"nasnet_{size}_no_top.h5", f"{KERAS_WEIGHTS_PATH}/nasnet/NASNet-{size}-no-top.h5", md5_notop),
+    }
+
+
+# fmt: off
+_MOBILE, _LARGE = preset_table(
+    "keras_name      name             default_size  config.penultimate_filters  config.num_blocks  config.stem_block_filters  config.skip_reduction  params      params_notop  depth  top1   top5   flops           weights",
+    ("NASNetMobile", "nasnet_mobile", 224,          1056,                       4,                 32,                         False,                  5_326_716,  4_269_716,    389,   0.744, 0.919, 1_127_277_632,  _nasnet_files("mobile", "020fb642bf7360b370c678b08e0adf61", "1ed92395b5b598bdda52abe5c0dbfd63")),
+    ("NASNetLarge",  "nasnet_large",  331,          4032,                       6,                 96,                         True,                   88_949_818, 84_916_818,   533,   0.825, 0.960, 47_566_829_316, _nasnet_files("large", "11577c9a518f0070763c2b964a382f17", "d81d89dc07e6e56530c4e77faddd61b5")),
+    keras_modules=("nasnet",), min_size=32, preprocess_mode="tf", shape_dependent=True, config={"filter_multiplier": 2},
+)
+# fmt: on
+(NASNetMobile,) = register_family(dataclasses.replace(FAMILY, check_arguments=_mobile_input_shape), _MOBILE)
+(NASNetLarge,) = register_family(FAMILY, _LARGE)
 
 
 def NASNet(
@@ -239,175 +294,32 @@ def NASNet(
     stem_block_filters: int = 96,
     skip_reduction: bool = True,
     filter_multiplier: int = 2,
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    pooling=None,
+    classes=1000,
     default_size: int | None = None,
-    classifier_activation: Any = "softmax",
+    classifier_activation="softmax",
     name: str = "NASNet",
     *,
     seed: int = 0,
 ):
     """Keras' generic (unexported) ``NASNet`` constructor, with its checks in Keras' order; returns
-    ``(model, variables)``. ImageNet weights exist for ``default_size`` 224 (Mobile) and 331 (Large) only."""
-    check_weights_arg(weights, MESSAGES)
-    check_classes(weights, include_top, classes, MESSAGES)
-    if isinstance(input_shape, tuple) and None in input_shape and weights == "imagenet":
-        raise ValueError(
-            "When specifying the input shape of a NASNet and loading `ImageNet` weights, the input_shape "
-            f"argument must be static (no None entries). Got: `input_shape={input_shape}`."
-        )
-    if default_size is None:
-        default_size = 331
-    shape = obtain_input_shape(input_shape, default_size, 32, include_top, weights)
-    if penultimate_filters % (24 * (filter_multiplier**2)) != 0:
-        raise ValueError(
-            "For NASNet-A models, the `penultimate_filters` must be a multiple of 24 * "
-            f"(`filter_multiplier` ** 2). Current value: {penultimate_filters}"
-        )
-    if include_top:
-        validate_activation(classifier_activation, weights)
-    module = NASNetModule(
-        penultimate_filters=penultimate_filters,
-        num_blocks=num_blocks,
-        stem_block_filters=stem_block_filters,
-        skip_reduction=skip_reduction,
-        filter_multiplier=filter_multiplier,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        input_shape=input_shape_of(input_tensor, shape),
-        default_size=default_size,
+    ``(model, variables)``. ImageNet weights exist for ``default_size`` 224 (Mobile) and 331 (Large) only:
+    "imagenet" loads the file of that size, whatever the architecture arguments say."""
+    default_size = 331 if default_size is None else default_size
+    preset = {224: NASNetMobile, 331: NASNetLarge}.get(default_size)
+    config = dict(
+        penultimate_filters=penultimate_filters, num_blocks=num_blocks, stem_block_filters=stem_block_filters,
+        skip_reduction=skip_reduction, filter_multiplier=filter_multiplier,
+    )  # fmt: skip
+    # a preset's name and files (its cache): Keras loads the file of the size whatever the architecture
+    spec = (
+        preset.spec
+        if preset
+        else dataclasses.replace(NASNetLarge.spec, name="nasnet", default_size=default_size, weights={})
     )
-    if weights == "imagenet" and default_size not in (224, 331):
-        raise ValueError("ImageNet weights can only be loaded with NASNetLarge or NASNetMobile")
-    spec = (NASNetMobile if default_size == 224 else NASNetLarge).spec
-    return instantiate(spec, module, weights=weights, seed=seed)
-
-
-def _nasnet_file(fname: str, url_name: str, md5: str) -> WeightFile:
-    """Keras caches ``nasnet/NASNet-mobile.h5`` as ``nasnet_mobile.h5`` (and so on): fname ≠ URL name."""
-    return WeightFile(fname, f"{KERAS_WEIGHTS_PATH}/nasnet/{url_name}", md5)
-
-
-@register_model(
-    name="nasnet_mobile",
-    module="flaxzoo.nasnet",
-    default_size=224,
-    min_size=32,
-    preprocess_mode="tf",
-    params=5_326_716,
-    params_notop=4_269_716,
-    depth=389,
-    top1=0.744,
-    top5=0.919,
-    flops=1_127_277_632,
-    weights={
-        "top": _nasnet_file("nasnet_mobile.h5", "NASNet-mobile.h5", "020fb642bf7360b370c678b08e0adf61"),
-        "notop": _nasnet_file("nasnet_mobile_no_top.h5", "NASNet-mobile-no-top.h5", "1ed92395b5b598bdda52abe5c0dbfd63"),
-    },
-    shape_dependent=True,
-)
-def NASNetMobile(
-    input_shape: Any = None,
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "nasnet_mobile",
-    *,
-    seed: int = 0,
-):
-    """Instantiates NASNetMobile (keras.applications.NASNetMobile); returns ``(model, variables)``.
-
-    Note that ``input_shape`` comes first, as in Keras. Inputs are ``preprocess_input``-ed NHWC float
-    images (tf mode: [-1, 1]), at least 32x32; the top model takes 224x224.
-
-    As in Keras, ``include_top=False`` without ``input_shape`` means ``input_shape=(224, 224, 3)`` for the
-    argument checks; the returned module still accepts any input size of at least 32x32.
-    """
-    if not include_top and input_shape is None:
-        input_shape = (224, 224, 3)
-    return NASNet(
-        input_shape,
-        penultimate_filters=1056,
-        num_blocks=4,
-        stem_block_filters=32,
-        skip_reduction=False,
-        filter_multiplier=2,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        pooling=pooling,
-        classes=classes,
-        default_size=224,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-    )
-
-
-@register_model(
-    name="nasnet_large",
-    module="flaxzoo.nasnet",
-    default_size=331,
-    min_size=32,
-    preprocess_mode="tf",
-    params=88_949_818,
-    params_notop=84_916_818,
-    depth=533,
-    top1=0.825,
-    top5=0.960,
-    flops=47_566_829_316,
-    weights={
-        "top": _nasnet_file("nasnet_large.h5", "NASNet-large.h5", "11577c9a518f0070763c2b964a382f17"),
-        "notop": _nasnet_file("nasnet_large_no_top.h5", "NASNet-large-no-top.h5", "d81d89dc07e6e56530c4e77faddd61b5"),
-    },
-    shape_dependent=True,
-)
-def NASNetLarge(
-    input_shape: Any = None,
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "nasnet_large",
-    *,
-    seed: int = 0,
-):
-    """Instantiates NASNetLarge (keras.applications.NASNetLarge); returns ``(model, variables)``.
-
-    Note that ``input_shape`` comes first, as in Keras. Inputs are ``preprocess_input``-ed NHWC float
-    images (tf mode: [-1, 1]), at least 32x32; the top model takes 331x331.
-
-    Unlike NASNetMobile, Keras does not fix ``input_shape`` for ``include_top=False``: Keras 3 then builds
-    a dynamic-input model whose adjust blocks are all projections (526 weighted layers), which cannot
-    load the published no-top file (532). flaxzoo decides from the actual static size, as Keras does with
-    a static ``input_shape``, so ``NASNetLarge(include_top=False, weights="imagenet")`` is the 532-layer
-    model, loads that file, and runs at any size of at least 32x32.
-    """
-    return NASNet(
-        input_shape,
-        penultimate_filters=4032,
-        num_blocks=6,
-        stem_block_filters=96,
-        skip_reduction=True,
-        filter_multiplier=2,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        pooling=pooling,
-        classes=classes,
-        default_size=331,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-    )
+    spec = dataclasses.replace(spec, family=FAMILY, config=config)
+    arguments = {k: v for k, v in locals().items() if k in FAMILY.arguments}
+    return build_application(spec, arguments, seed=seed)

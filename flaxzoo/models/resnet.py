@@ -1,10 +1,11 @@
 """ResNet v1 (He et al. 2015), as ``keras/src/applications/resnet.py``: Caffe-style bottlenecks with the
-stride on the first 1x1 convolution, biases on every convolution, batch-norm epsilon 1.001e-5."""
+stride on the first 1x1 convolution, biases on every convolution, batch-norm epsilon 1.001e-5.
+ResNet50, ResNet101 and ResNet152 differ only in the number of bottlenecks per stage."""
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import ClassVar
 
 from flax import linen as nn
 
@@ -13,14 +14,12 @@ from flaxzoo.layers import (
     Add,
     BatchNormalization,
     Conv2D,
-    Dense,
-    GlobalAveragePooling2D,
     InputLayer,
     MaxPooling2D,
     ZeroPadding2D,
 )
-from flaxzoo.models.common import Application, build_application, pooling_head
-from flaxzoo.registry import keras_weights_file, register_model
+from flaxzoo.models.common import Application, Family, classifier_head, preset_table, register_family
+from flaxzoo.registry import tf_kernels_files
 
 BatchNorm = partial(BatchNormalization, epsilon=1.001e-5)
 
@@ -51,29 +50,39 @@ def stack_residual_blocks_v1(x, filters, blocks, stride1=2, *, name, train):
     return x
 
 
-class ResNet(Application):
-    """Keras' ``ResNet(stack_fn, preact=False, use_bias=True)``; ``blocks`` per stage (conv2..conv5)."""
+class ResNetModule(Application):
+    """Keras' ``ResNet(stack_fn, preact, use_bias=True)``: the stem, the stages (``stack``, Keras' ``stack_fn``)
+    and the head. Here v1 (``preact=False``): ``blocks`` v1 bottlenecks per stage (conv2..conv5).
+
+    ResNet v2 (``models/resnet_v2.py``) subclasses it with ``preact = True`` and its own ``stack``: then conv1
+    has no batch norm and ReLU after it, and ``post_bn`` → ``post_relu`` precede the head, as in Keras."""
 
     blocks: tuple[int, ...] = (3, 4, 6, 3)
+    preact: ClassVar[bool] = False
+
+    def stack(self, x, train: bool):
+        for stage, (filters, blocks) in enumerate(zip((64, 128, 256, 512), self.blocks), start=2):
+            stride = 1 if stage == 2 else 2
+            x = stack_residual_blocks_v1(x, filters, blocks, stride1=stride, name=f"conv{stage}", train=train)
+        return x
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = InputLayer(name="input_layer")(x)
         x = ZeroPadding2D(((3, 3), (3, 3)), name="conv1_pad")(x)
         x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
-        x = BatchNorm(name="conv1_bn")(x, train)
-        x = Activation("relu", name="conv1_relu")(x)
+        if not self.preact:
+            x = BatchNorm(name="conv1_bn")(x, train)
+            x = Activation("relu", name="conv1_relu")(x)
         x = ZeroPadding2D(((1, 1), (1, 1)), name="pool1_pad")(x)
         x = MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
-        for stage, (filters, blocks) in enumerate(zip((64, 128, 256, 512), self.blocks), start=2):
-            stride = 1 if stage == 2 else 2
-            x = stack_residual_blocks_v1(x, filters, blocks, stride1=stride, name=f"conv{stage}", train=train)
+        x = self.stack(x, train)
 
-        if self.include_top:
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling, avg_name="avg_pool", max_name="max_pool")
+        if self.preact:
+            x = BatchNorm(name="post_bn")(x, train)
+            x = Activation("relu", name="post_relu")(x)
+        return classifier_head(self, x, notop_names=("avg_pool", "max_pool"))
 
 
 _OLD_RESNET50 = (
@@ -82,60 +91,15 @@ _OLD_RESNET50 = (
     "Keras file. Keras 3 and flaxzoo load the current one (layers conv1_conv, conv2_block1_1_conv, ...): "
     "delete this file and let flaxzoo download it, or pass the current file."
 )
+_OLD_RESNET50_FILES = {"a7b3fe01876f51b976af0dea6bc144eb": _OLD_RESNET50, "a268eb855778b3df3c7506639542a6af": _OLD_RESNET50}
 
 
-@register_model(
-    name="resnet50",
-    module="flaxzoo.resnet50",
-    default_size=224,
-    min_size=32,
-    preprocess_mode="caffe",
-    params=25_636_712,
-    params_notop=23_587_712,
-    depth=107,
-    top1=0.749,
-    top5=0.921,
-    flops=7_715_946_496,
-    weights={
-        "top": keras_weights_file(
-            "resnet50_weights_tf_dim_ordering_tf_kernels.h5", "resnet", "2cb95161c43110f7111970584f804107"
-        ),
-        "notop": keras_weights_file(
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet", "4d473c1dd8becc155b73f8504c6f6626"
-        ),
-    },
-    foreign_files={
-        "a7b3fe01876f51b976af0dea6bc144eb": _OLD_RESNET50,
-        "a268eb855778b3df3c7506639542a6af": _OLD_RESNET50,
-    },
-)
-def ResNet50(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "resnet50",
-    *,
-    seed: int = 0,
-):
-    """Instantiates ResNet50 (keras.applications.ResNet50); returns ``(model, variables)``.
-
-    ``weights``: None (random, from ``seed``), "imagenet", a Keras ``.h5`` path or a flaxzoo checkpoint directory.
-    Inputs are ``preprocess_input``-ed NHWC float images (caffe mode: BGR, mean-subtracted).
-    """
-    return build_application(
-        ResNet50.spec,
-        partial(ResNet, blocks=(3, 4, 6, 3)),
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-    )
+# fmt: off
+ResNet50, ResNet101, ResNet152 = register_family(Family(ResNetModule), *preset_table(
+    "keras_name  name         keras_modules           config.blocks    params      params_notop  depth  top1   top5   flops           weights",
+    ("ResNet50",  "resnet50",  ("resnet50", "resnet"),  (3, 4, 6, 3),   25_636_712, 23_587_712,   107,   0.749, 0.921, 7_715_946_496,  tf_kernels_files("resnet50", "resnet", "2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"), dict(foreign_files=_OLD_RESNET50_FILES)),
+    ("ResNet101", "resnet101", ("resnet",),              (3, 4, 23, 3),  44_707_176, 42_658_176,   209,   0.764, 0.928, 15_140_388_864, tf_kernels_files("resnet101", "resnet", "f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21")),
+    ("ResNet152", "resnet152", ("resnet",),              (3, 8, 36, 3),  60_419_944, 58_370_944,   311,   0.766, 0.931, 22_564_831_232, tf_kernels_files("resnet152", "resnet", "100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c")),
+    default_size=224, min_size=32, preprocess_mode="caffe",
+))
+# fmt: on

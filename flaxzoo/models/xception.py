@@ -3,8 +3,6 @@ blocks with 1x1-conv shortcuts, eight identical middle blocks, and an exit flow.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -13,14 +11,12 @@ from flaxzoo.layers import (
     AutoNames,
     BatchNormalization,
     Conv2D,
-    Dense,
-    GlobalAveragePooling2D,
     InputLayer,
     MaxPooling2D,
     SeparableConv2D,
 )
-from flaxzoo.models.common import Application, KerasMessages, build_application, pooling_head
-from flaxzoo.registry import keras_weights_file, register_model
+from flaxzoo.models.common import Application, Family, KerasMessages, classifier_head, preset_table, register_family
+from flaxzoo.registry import tf_kernels_files
 
 
 def sepconv_bn(x, filters, name, train, relu_first=True):
@@ -52,7 +48,6 @@ def middle_block(x, block, auto, train):
 
 
 class XceptionModule(Application):
-
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()
@@ -77,10 +72,7 @@ class XceptionModule(Application):
             x = BatchNormalization(name=f"block14_sepconv{i}_bn")(x, train)
             x = Activation("relu", name=f"block14_sepconv{i}_act")(x)
 
-        if self.include_top:
-            x = GlobalAveragePooling2D(name="avg_pool")(x)
-            return Dense(self.classes, activation=self.classifier_activation, name="predictions")(x)
-        return pooling_head(x, self.pooling)
+        return classifier_head(self, x)
 
 
 MESSAGES = KerasMessages(
@@ -91,54 +83,10 @@ MESSAGES = KerasMessages(
 )
 
 
-@register_model(
-    name="xception",
-    module="flaxzoo.xception",
-    default_size=299,
-    min_size=71,
+# fmt: off
+(Xception,) = register_family(Family(XceptionModule, messages=MESSAGES), *preset_table(
+    "keras_name  name        keras_modules  default_size  min_size  params      params_notop  depth  top1   top5   flops           weights",
+    ("Xception", "xception", ("xception",),  299,          71,       22_910_480, 20_861_480,   81,    0.790, 0.945, 16_714_806_992, tf_kernels_files("xception", "xception", "0a58e3b7378bc2990ea3b43d5981f1f6", "b0042744bf5b25fce3cb969f33bebb97")),
     preprocess_mode="tf",
-    params=22_910_480,
-    params_notop=20_861_480,
-    depth=81,
-    top1=0.790,
-    top5=0.945,
-    flops=16_714_806_992,
-    weights={
-        "top": keras_weights_file(
-            "xception_weights_tf_dim_ordering_tf_kernels.h5", "xception", "0a58e3b7378bc2990ea3b43d5981f1f6"
-        ),
-        "notop": keras_weights_file(
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception", "b0042744bf5b25fce3cb969f33bebb97"
-        ),
-    },
-)
-def Xception(
-    include_top: bool = True,
-    weights: Any = "imagenet",
-    input_tensor: Any = None,
-    input_shape: Any = None,
-    pooling: str | None = None,
-    classes: int = 1000,
-    classifier_activation: Any = "softmax",
-    name: str = "xception",
-    *,
-    seed: int = 0,
-):
-    """Instantiates Xception (keras.applications.Xception); returns ``(model, variables)``.
-
-    Inputs are ``preprocess_input``-ed NHWC float images (tf mode: [-1, 1]), at least 71x71.
-    """
-    return build_application(
-        Xception.spec,
-        XceptionModule,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        name=name,
-        seed=seed,
-        messages=MESSAGES,
-    )
+))
+# fmt: on

@@ -1,7 +1,8 @@
 """Training checkpoints with orbax's CheckpointManager: every N steps (asynchronously) and at each epoch's
 end, the last K kept, resumable exactly and onto another device count.
 
-Each checkpoint holds the :class:`~flaxzoo.train.state.TrainState` and a JSON record of where the run
+Each checkpoint holds the :class:`~flaxzoo.train.state.TrainState` (every variable collection of the model
+included: ``collections`` holds those besides params and batch_stats) and a JSON record of where the run
 is (epoch, step within it, the metrics so far). Orbax writes a step under a temporary name and renames
 it when complete, so a process killed mid-save leaves the previous checkpoints intact; leftover
 temporary directories are removed when the manager opens.
@@ -14,6 +15,7 @@ beyond ``keep`` only after a newer one is complete, and a partial one keeps its 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -23,6 +25,7 @@ from jax.sharding import NamedSharding
 from orbax.checkpoint.checkpoint_manager import StepAlreadyExistsError
 
 from flaxzoo.errors import CheckpointError
+from flaxzoo.train.state import TrainState
 
 
 class TrainCheckpoints:
@@ -77,9 +80,24 @@ class TrainCheckpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"{self.directory}: no checkpoint to restore")
-        target = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template
-        )
+        try:
+            state, record = self._restore(step, template, sharding)
+        except ValueError as error:
+            # A run checkpointed before TrainState had ``collections``: the same state for a model with no
+            # collection besides params and batch_stats, which resumes as it is.
+            if not (isinstance(template, TrainState) and template.collections == {}):
+                raise
+            fields = dataclasses.fields(template)
+            older = {f.name: getattr(template, f.name) for f in fields if f.name != "collections"}
+            try:
+                state, record = self._restore(step, older, sharding)
+            except ValueError:
+                raise error from None
+            state = TrainState(**state)
+        return state, record
+
+    def _restore(self, step: int, template: Any, sharding: NamedSharding) -> tuple[Any, dict]:
+        target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore())
         )

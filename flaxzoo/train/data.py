@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from flaxzoo.image import img_to_array, load_img
-from flaxzoo.imagenet_utils import preprocess_input
+from flaxzoo.imagenet_utils import preprocess_for_mode
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -151,7 +151,7 @@ def _example(source, index: int, *, size: int, mode: str, augment: Augment | Non
         if augment.flip and rng.random() < 0.5:
             x = x[:, ::-1]
         x = np.ascontiguousarray(x)
-    return {"image": preprocess_input(x, mode=mode), "label": np.int32(source.labels[index])}
+    return {"image": preprocess_for_mode(x, mode), "label": np.int32(source.labels[index])}
 
 
 def steps_per_epoch(n_examples: int, global_batch_size: int) -> int:
@@ -164,7 +164,7 @@ def train_batches(
     *,
     global_batch_size: int,
     image_size: int,
-    preprocess_mode: str,
+    preprocess_mode: str | None,
     epoch: int,
     seed: int = 0,
     augment: Augment | None = Augment(),
@@ -202,7 +202,7 @@ def eval_batches(
     *,
     global_batch_size: int,
     image_size: int,
-    preprocess_mode: str,
+    preprocess_mode: str | None,
     process_index: int = 0,
     process_count: int = 1,
     num_threads: int = 8,

@@ -31,7 +31,7 @@ import numpy as np
 
 from flaxzoo import sharding
 from flaxzoo.errors import TrainingError
-from flaxzoo.registry import ModelSpec, get_spec
+from flaxzoo.registry import ModelSpec
 from flaxzoo.surgery import TransferReport, freeze, load_pretrained, trainable_mask
 from flaxzoo.train import data as data_lib
 from flaxzoo.train.checkpoints import TrainCheckpoints
@@ -39,6 +39,7 @@ from flaxzoo.train.faults import Interrupted, StopSignals, all_finite
 from flaxzoo.train.report import Progress, plot_metrics, write_metrics
 from flaxzoo.train.state import create_train_state, make_optimizer
 from flaxzoo.train.steps import StepConfig, make_steps
+from flaxzoo.zoo import get_spec, infer_variant
 
 
 @dataclasses.dataclass
@@ -88,8 +89,6 @@ def _pretrained(spec: ModelSpec, weights: str, image_size: int) -> dict:
         kwargs = dict(classes=meta.get("classes", 1000)) if include_top else {}
         return spec.constructor(include_top=include_top, weights=str(path), input_shape=shape, **kwargs)[1]
     if path.is_file():
-        from flaxzoo.cli import infer_variant
-
         variant, _ = infer_variant(spec, path)
         return spec.constructor(include_top=variant == "top", weights=str(path), input_shape=shape)[1]
     raise ValueError(f"{weights}: no such weights file or checkpoint directory (or use 'imagenet' or 'none')")

@@ -1,7 +1,10 @@
 """The train state and the optimizer: what a fine-tuning step reads and writes.
 
-``TrainState`` holds arrays only (params, batch-norm statistics, optimizer state, step, rng), so it is a
-plain pytree to shard, donate and checkpoint; the model and the optimizer are given to the step builders.
+``TrainState`` holds arrays only (params, batch-norm statistics, the model's other collections, optimizer
+state, step, rng), so it is a plain pytree to shard, donate and checkpoint; the model and the optimizer are
+given to the step builders. Training updates ``params`` (the optimizer) and ``batch_stats`` (train-mode
+batch norms); every other collection (``constants``: Keras' non-trainable weights such as Normalization's
+mean and variance) passes through unchanged and is checkpointed with the rest.
 Frozen layers (flaxzoo.freeze / trainable_mask) get ``optax.set_to_zero()``: no update, no optimizer state.
 """
 
@@ -18,6 +21,9 @@ from flax import struct
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 
 
+TRAINED = ("params", "batch_stats")  # what a train step updates; every other collection passes through
+
+
 @struct.dataclass
 class TrainState:
     step: jax.Array
@@ -25,11 +31,17 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    # every other variable collection of the model, {name: tree} (e.g. {"constants": ...}): read, never updated
+    collections: Any = struct.field(default_factory=dict)
 
     @property
     def variables(self) -> dict:
-        """``{"params", "batch_stats"}`` for ``model.apply`` (no batch_stats key for VGG)."""
-        return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+        """Every collection for ``model.apply``: ``params``, ``batch_stats`` (none for VGG) and the others."""
+        return {
+            "params": self.params,
+            **({"batch_stats": self.batch_stats} if self.batch_stats else {}),
+            **self.collections,
+        }
 
 
 def make_optimizer(
@@ -64,7 +76,8 @@ def make_optimizer(
 
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: int = 0) -> TrainState:
-    """A fresh state at step 0 from a model's ``{"params", "batch_stats"}`` (host or device arrays)."""
+    """A fresh state at step 0 from a model's variables (host or device arrays): ``params``, ``batch_stats``
+    and every other collection (kept in ``collections``)."""
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -72,4 +85,5 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: 
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
+        collections={k: v for k, v in variables.items() if k not in TRAINED},
     )

@@ -9,7 +9,8 @@ update with explicit ``pmean``s (gradients, and batch-norm statistics through
 A batch is ``{"image": float (B, H, W, C) preprocessed, "label": int (B,)}`` plus, for evaluation, an
 optional ``"weight"`` (B,) that is 0 for padding examples. The model returns logits
 (``classifier_activation=None``); ``compute_dtype=jnp.bfloat16`` runs the forward and backward pass in
-bfloat16 with float32 parameters, statistics and loss.
+bfloat16 with float32 parameters, statistics and loss. A train step updates ``params`` and ``batch_stats``
+only: the model's other collections (``TrainState.collections``, e.g. constants) are read, never written.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _gradients(model, state: TrainState, batch, config: StepConfig):
                 params = jax.tree_util.tree_map(
                     lambda p, t: p if t else jax.lax.stop_gradient(p), params, config.trainable
                 )
-            variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+            variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {}), **state.collections}
             logits, updates = _forward(model, variables, x, config, train=True, rng=jax.random.fold_in(rng, i))
             losses = _loss(logits, y, config.label_smoothing)
             return losses.mean(), (updates.get("batch_stats", batch_stats), losses.sum(), jnp.sum(jnp.argmax(logits, -1) == y))

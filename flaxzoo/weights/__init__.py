@@ -24,8 +24,8 @@ from flaxzoo.errors import CheckpointError
 from flaxzoo.graph import Graph
 from flaxzoo.registry import ModelSpec
 from flaxzoo.weights import checkpoint
-from flaxzoo.weights.convert import convert_h5, md5sum, metadata
-from flaxzoo.weights.files import flaxzoo_home, get_file, keras_home
+from flaxzoo.weights.convert import convert_h5, metadata
+from flaxzoo.weights.files import flaxzoo_home, get_file, keras_home, md5sum
 
 __all__ = [
     "cache_dir",
@@ -62,30 +62,34 @@ def _locked(path: Path):
 
 def convert_file(spec: ModelSpec, graph: Graph, h5_path, variant: str | None) -> tuple[dict, dict]:
     """Convert a Keras .h5 for ``spec``; returns numpy variables and the checkpoint metadata."""
-    variables, source = convert_h5(h5_path, graph, foreign_files=spec.foreign_files)
+    variables, source = convert_h5(h5_path, graph, foreign_files=spec.foreign_files, check_names=spec.file_layer_names)
     return variables, dict(metadata(spec.name, variant, source), structure=graph.structure)
 
 
-def _converted_from(target: Path, md5: str | None) -> bool:
-    """Whether ``target`` is a checkpoint converted from the file with ``md5`` (any, when None)."""
+def _converted_from(target: Path, wf) -> bool:
+    """Whether ``target`` is a checkpoint converted from the published file ``wf`` (by its sha256 or md5; any
+    file, when Keras publishes no hash)."""
     try:
         record = checkpoint.read_metadata(target)
     except CheckpointError:
         return False
-    return md5 is None or (record.get("source") or {}).get("md5") == md5
+    source = record.get("source") or {}
+    if wf.sha256:
+        return source.get("sha256") == wf.sha256
+    return wf.md5 is None or source.get("md5") == wf.md5
 
 
 def _load_imagenet(spec: ModelSpec, graph: Graph, variant: str) -> dict:
     target = cache_dir(spec, variant)
     wf = spec.weight_file(variant)
     with _locked(target.parent / f".{variant}.lock"):
-        if _converted_from(target, wf.md5):
+        if _converted_from(target, wf):
             try:
                 return checkpoint.restore(target, lambda: graph.variables, structure=graph.structure)[0]
             except CheckpointError:
                 pass
         shutil.rmtree(target, ignore_errors=True)  # none, broken, or from a superseded file: (re)build it
-        h5 = get_file(wf.fname, wf.url, wf.md5)
+        h5 = get_file(wf.fname, wf.url, wf.md5, **({"sha256": wf.sha256} if wf.sha256 else {}))
         variables, meta = convert_file(spec, graph, h5, variant)
         checkpoint.save(target, variables, meta)
     return checkpoint._to_device(variables)
@@ -112,10 +116,9 @@ def count_params(variables) -> int:
 def save_checkpoint(
     directory: str | os.PathLike, model: str, variables, *, variant: str | None = None, **extra
 ) -> Path:
-    """Save ``variables`` of registered model ``model`` (e.g. after fine-tuning) as a flaxzoo checkpoint at
-    ``directory`` (which must not exist), written atomically; the constructors load it with ``weights=directory``.
-    ``extra`` (JSON values, e.g. ``classes``) is added to the metadata record."""
-    from flaxzoo.registry import get_spec
-
-    variables = jax.device_get({k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")})
-    return checkpoint.save(directory, variables, {**metadata(get_spec(model).name, variant, None), **extra})
+    """Save ``variables`` of the model registered as ``model`` (its registry name; ``flaxzoo.save_checkpoint``
+    takes Keras names too) as a flaxzoo checkpoint at ``directory`` (which must not exist), written atomically;
+    the constructors load it with ``weights=directory``. ``extra`` (JSON values, e.g. ``classes``) is added to
+    the metadata record."""
+    variables = jax.device_get(dict(variables))  # every collection: params, batch_stats, constants, ...
+    return checkpoint.save(directory, variables, {**metadata(model, variant, None), **extra})

@@ -4,7 +4,8 @@ Layout of a checkpoint directory::
 
     <dir>/flaxzoo.json   metadata: model, variant, source file and md5, flaxzoo version, variable shapes,
                          dtypes and crc32s, the model's structure key (flaxzoo.graph.structure_key)
-    <dir>/state/         orbax PyTree checkpoint {'params': ..., 'batch_stats': ...}: zarr v2 arrays, one
+    <dir>/state/         orbax PyTree checkpoint of every collection ({'params': ..., 'batch_stats': ...,
+                         'constants': ...}, layers at their module paths): zarr v2 arrays, one
                          uncompressed chunk each (not OCDBT), so that restores can read them directly
 
 Directories are written under a temporary name beside the destination and renamed into place, so a

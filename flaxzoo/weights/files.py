@@ -4,7 +4,7 @@
 * ``$KERAS_HOME/models`` (default ``~/.keras/models``): Keras' own cache, read (never written), so
   files a Keras user already has are not downloaded again.
 * Downloads come from the Keras URLs (host overridable with ``$FLAXZOO_BASE_URL``) and are verified
-  against the published md5.
+  against the published hash: an md5, or a sha256 (ConvNeXt's files), as Keras' ``get_file`` does.
 
 Download policy:
 
@@ -16,11 +16,11 @@ Download policy:
 * **Timeouts.** ``timeout`` (seconds without data, per read; default ``$FLAXZOO_DOWNLOAD_TIMEOUT``, else 60)
   turns a stalled connection into a failed attempt.
 * **Retries.** Connection errors, timeouts, cut-off bodies, HTTP 5xx and 429 are retried ``retries`` times
-  with exponential backoff. Other HTTP errors and an md5 mismatch of a body fetched in one piece are not.
+  with exponential backoff. Other HTTP errors and a hash mismatch of a body fetched in one piece are not.
 * **Resume within a call.** After a cut-off or stalled body, the next attempt asks for the rest
   (``Range: bytes=N-``, with ``If-Range`` when the server gave an ETag or Last-Modified) and appends a
   ``206`` reply; any other reply (``200``: no range support, or the file changed) starts over from zero.
-  A resumed body that fails its md5 is fetched again whole, in case it was spliced from two versions.
+  A resumed body that fails its hash is fetched again whole, in case it was spliced from two versions.
 * **Nothing partial is ever left.** The body goes to a hidden temp file beside the destination and is
   renamed into place only once complete and verified. A failure of any kind, KeyboardInterrupt included,
   deletes the temp file, so a new call starts from zero: there is no resume across calls (a half file
@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import http.client
 import math
 import os
@@ -48,12 +49,30 @@ from time import time as wall_clock  # not time.time: tests replace this module'
 from typing import BinaryIO
 
 from flaxzoo.errors import DownloadError
-from flaxzoo.weights.convert import md5sum
 
 DEFAULT_TIMEOUT = 60.0
 STALE_PART_AGE = 24 * 3600  # seconds; a live download writes its temp file at least once per timeout
 CHUNK = 1 << 20
 
+
+
+def file_digests(path: str | os.PathLike, algorithms=("md5",), chunk_size: int = 1 << 20) -> dict[str, str]:
+    """``{algorithm: hex digest}`` of a file, every algorithm in one read."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            for h in hashes.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    return file_digests(path, ("md5",), chunk_size)["md5"]
+
+
+def _expected(md5: str | None, sha256: str | None) -> tuple[str, str] | None:
+    """The (algorithm, digest) a file is checked against: the sha256 where one is published, else the md5."""
+    return ("sha256", sha256) if sha256 else ("md5", md5) if md5 else None
 
 def flaxzoo_home() -> Path:
     return Path(os.environ.get("FLAXZOO_HOME") or "~/.flaxzoo").expanduser()
@@ -69,8 +88,9 @@ def current_umask() -> int:
     return mask
 
 
-def _verified(path: Path, md5: str | None) -> bool:
-    return path.is_file() and (md5 is None or md5sum(path) == md5)
+def _verified(path: Path, md5: str | None, sha256: str | None = None) -> bool:
+    expected = _expected(md5, sha256)
+    return path.is_file() and (expected is None or file_digests(path, expected[:1])[expected[0]] == expected[1])
 
 
 def check_url(url: str, allow_insecure: bool = False) -> None:
@@ -94,14 +114,16 @@ def get_file(
     url: str,
     md5: str | None = None,
     *,
+    sha256: str | None = None,
     progress: bool = True,
     timeout: float | None = None,
     allow_insecure: bool = False,
 ) -> Path:
-    """A local copy of ``url`` named ``fname`` whose md5 is ``md5`` (when given).
+    """A local copy of ``url`` named ``fname`` whose md5 is ``md5`` or sha256 ``sha256`` (when given; the
+    sha256 is checked where both are).
 
     Looks in ``$KERAS_HOME/models``, then ``$FLAXZOO_HOME/downloads``, then downloads into the latter.
-    A cached copy that fails the md5 is ignored (Keras' cache) or replaced (ours).
+    A cached copy that fails the hash is ignored (Keras' cache) or replaced (ours).
     """
     # The name is joined to cache folders: it must not leave them (or be cut short by a NUL in the OS call).
     seps = {os.sep, os.altsep, "\0"} - {None}
@@ -109,10 +131,12 @@ def get_file(
         raise DownloadError(f"{url}: invalid cache file name {fname!r} (a plain file name is required)")
     check_url(url, allow_insecure)  # before the caches, so the rule does not depend on what is cached
     for candidate in (keras_home() / "models" / fname, flaxzoo_home() / "downloads" / fname):
-        if _verified(candidate, md5):
+        if _verified(candidate, md5, sha256):
             return candidate
     dest = flaxzoo_home() / "downloads" / fname
-    return download(url, dest, md5, progress=progress, timeout=timeout, allow_insecure=allow_insecure)
+    return download(
+        url, dest, md5, sha256=sha256, progress=progress, timeout=timeout, allow_insecure=allow_insecure
+    )
 
 
 def _timeout(url: str, timeout: float | None) -> float:
@@ -142,13 +166,14 @@ def download(
     dest: str | os.PathLike,
     md5: str | None = None,
     *,
+    sha256: str | None = None,
     progress: bool = True,
     timeout: float | None = None,
     retries: int = 3,
     backoff: float = 1.0,
     allow_insecure: bool = False,
 ) -> Path:
-    """Download ``url`` to ``dest`` atomically, checking ``md5``; see the module's policy.
+    """Download ``url`` to ``dest`` atomically, checking ``md5`` or ``sha256``; see the module's policy.
 
     ``timeout``: seconds a read may wait for data (default ``$FLAXZOO_DOWNLOAD_TIMEOUT``, else 60).
     ``retries``: further attempts after a transient failure, waiting ``backoff * 2**k`` seconds before each.
@@ -156,6 +181,7 @@ def download(
     dest = Path(dest)
     check_url(url, allow_insecure)
     timeout = _timeout(url, timeout)
+    expected = _expected(md5, sha256)
     opener = urllib.request.build_opener(_Redirects(allow_insecure))
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(dest)
@@ -172,9 +198,9 @@ def download(
                     last_error = e
                     continue
                 out.flush()
-                if md5 is None or (got := md5sum(tmp)) == md5:
+                if expected is None or (got := file_digests(tmp, expected[:1])[expected[0]]) == expected[1]:
                     break
-                mismatch = f"{url}: md5 mismatch: got {got}, expected {md5}"
+                mismatch = f"{url}: {expected[0]} mismatch: got {got}, expected {expected[1]}"
                 if part.pieces == 1 or attempt == retries:  # one piece: the server has another file
                     raise DownloadError(f"{mismatch}; the file was not kept")
                 last_error = DownloadError(f"{mismatch} (of a resumed download)")

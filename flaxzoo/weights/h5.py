@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import h5py
@@ -141,23 +142,28 @@ class LegacyWeightsFile:
             group = self._group(layer)
             return [(wn, self._dataset(group, layer, wn).shape) for wn in self.weight_names(layer)]
 
-    def read(self, layer: str) -> list[tuple[str, np.ndarray]]:
-        """(weight name, array) of each array of a layer, in legacy order."""
+    def read(self, layer: str, integers: Collection[int] = ()) -> list[tuple[str, np.ndarray]]:
+        """(weight name, array) of each array of a layer, in legacy order. Arrays must be floating point,
+        except at the positions in ``integers``, which may also be integers (Normalization's ``count``)."""
         with _damage_named(self.path, f"layer {layer!r}"):
             group = self._group(layer)
             names = self.weight_names(layer)
         out = []
-        for wn in names:
+        for i, wn in enumerate(names):
             with _damage_named(self.path, f"layer {layer!r}: weight {wn!r}"):
                 ds = self._dataset(group, layer, wn)
             try:
                 array = _read_aligned(ds) if ds.dtype.kind == "f" else ds[()]
             except Exception as e:  # truncated or corrupt data
                 raise WeightFileError(f"{self.path}: layer {layer!r}: cannot read {wn!r} ({e})") from None
-            if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+            if isinstance(array, np.generic):  # a scalar dataset read with ds[()]
+                array = np.asarray(array)
+            kinds = "fiu" if i in integers else "f"
+            if not isinstance(array, np.ndarray) or array.dtype.kind not in kinds:
+                expected = "floating point or integer" if i in integers else "floating point"
                 raise WeightFileError(
                     f"{self.path}: layer {layer!r}: weight {wn!r} has dtype {getattr(array, 'dtype', type(array))}, "
-                    "expected floating point"
+                    f"expected {expected}"
                 )
             out.append((wn, array))
         return out
