@@ -69,7 +69,7 @@ def format_registry() -> str:
     rows = []
     for name in list_models():
         s = get_spec(name)
-        rows.append((s.name, s.keras_name, s.default_size, s.min_size, s.preprocess_mode or "in model", f"{s.params:,}",
+        rows.append((s.name, s.keras_name, s.default_size, s.min_size, s.preprocess_mode or "in-model", f"{s.params:,}",
                      f"{s.params_notop:,}", s.depth, _percent(s.top1), _percent(s.top5),
                      f"{s.flops / 1e9:.2f}"))  # fmt: skip
     right = (False, False, True, True, False, True, True, True, True, True, True)

@@ -303,7 +303,8 @@ def summary(model: nn.Module, input_shape: Sequence[int | None] | None = None, p
         r[c].rjust(widths[c]) if c in (0, 3) else r[c].ljust(widths[c]) for c in range(4)
     ).rstrip()
     rule = "─" * len(fmt(header))
-    lines = [f'Model: "{model.name or type(model).__name__}"', rule, fmt(header), rule, *map(fmt, rows), rule]
+    title = getattr(model, "model_name", None) or model.name or type(model).__name__
+    lines = [f'Model: "{title}"', rule, fmt(header), rule, *map(fmt, rows), rule]
     lines += [
         f" Total params: {trainable + non_trainable:,}",
         f" Trainable params: {trainable:,}",

@@ -190,7 +190,7 @@ def test_list_prints_every_registered_model():
     for name, row in zip(list_models(), rows):
         spec = get_spec(name)
         cells = row.split()
-        assert cells[:5] == [name, spec.keras_name, str(spec.default_size), str(spec.min_size), spec.preprocess_mode]
+        assert cells[:5] == [name, spec.keras_name, str(spec.default_size), str(spec.min_size), spec.preprocess_mode or "in-model"]
         assert cells[5:8] == [f"{spec.params:,}", f"{spec.params_notop:,}", str(spec.depth)]
     assert len({len(line) for line in [header, *rows]}) == 1  # aligned: right-aligned last column
 

@@ -278,27 +278,6 @@ def test_drop_connect_is_identity_at_inference_and_random_in_training(b0_referen
         jax.eval_shape(functools.partial(training, model), variables, x)
 
 
-@pytest.mark.parity
-@pytest.mark.parametrize("name", ["efficientnetb0", "efficientnet_v2b0"])
-def test_train_mode_matches_keras_with_drop_connect_off(name):
-    """Keras' training pass (batch statistics, updated moving statistics) with its Dropout layers at rate 0, against
-    the model built with ``drop_connect_rate=0.0``; in Keras' own convolutions, as test_parity's training test."""
-    spec = get_spec(name)
-    size = other_size(spec)
-    x = kr.reference_inputs(name, size)
-    ref_model = notop_reference(name, size)
-    with jax.default_matmul_precision("highest"), kr.dropout_off(ref_model):
-        ref, ref_stats = kr.run_training(ref_model, x)
-    model, variables = spec.constructor(include_top=False, weights=kr.reference_h5(name, False))
-    with layers.conv_implementation("keras"):
-        out, updates = flax_apply(model.clone(drop_connect_rate=0.0), variables, x, train=True, mutable=["batch_stats"])
-    assert_features_close(out, ref, variables)
-    assert set(updates["batch_stats"]) == set(ref_stats)
-    for layer, stats in ref_stats.items():
-        for var in ("mean", "var"):
-            assert_features_close(updates["batch_stats"][layer][var], stats[var], variables)
-
-
 # ------------------------------------------------------------------------------------------------
 # The Normalization weights through folding, checkpoints and training
 # ------------------------------------------------------------------------------------------------

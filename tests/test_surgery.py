@@ -25,11 +25,9 @@ VARIANTS = pytest.mark.parametrize("include_top", [True, False], ids=["top", "no
 
 
 def keras_model(name, include_top):
-    """The parity tests' Keras reference model (session-cached; built right after ``clear_session``, so
-    auto names are a fresh session's): top at the default size, no-top with Keras' default input."""
-    if include_top:
-        return kr.reference_model(name, True, get_spec(name).default_size)
-    return notop_reference(name, get_spec(name).default_size)
+    """Keras' model as the registry describes it, built right after ``clear_session`` (auto names are a fresh
+    session's) and never initialised: names, classes, wiring, shapes and counts are all these tests read."""
+    return kr.structure_model(name, include_top)
 
 
 def abstract_model(name, include_top=False):

@@ -158,6 +158,10 @@ class Application(nn.Module):
     # is free (None in input_shape, or any without the top). Keras checks it on ``input_shape`` only; below
     # it the feature maps collapse to nothing.
     min_size: int = 1
+    # Keras' ``model.name`` (the constructor's ``name``). The module's Flax name is the same until the model
+    # becomes a submodule (a user's module, ``truncate``), where Flax renames it after its attribute; layer
+    # names made from the model's name (ConvNeXt's) and messages read this one.
+    model_name: str | None = None
 
     def __init_subclass__(cls, **kwargs):
         # Every model's __call__ checks its input (see check_input): wrapped here, before Flax wraps it,
@@ -207,7 +211,7 @@ def check_input(model: Application, x):
     height, width, channels = model.input_shape
     expected = (None, height, width, channels) if model.include_top else (None, None, None, channels)
     found = tuple(x.shape)
-    name = model.name or type(model).__name__
+    name = model.model_name or model.name or type(model).__name__
 
     def incompatible(requirement: str = "", hint: str = "") -> InputError:
         return InputError(
@@ -352,6 +356,7 @@ def build_application(spec: ModelSpec, arguments: Arguments, *, seed: int = 0):
         classes=a["classes"],
         classifier_activation=a["classifier_activation"],
         name=name,
+        model_name=name,
         input_shape=input_shape_of(a["input_tensor"], shape),
         default_size=default_size,
     )

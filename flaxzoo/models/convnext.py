@@ -94,7 +94,7 @@ class ConvNeXtModule(Application):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        name, auto = self.name, AutoNames()
+        name, auto = self.model_name or self.name, AutoNames()
         x = InputLayer(name="input_layer")(x)
         if self.include_preprocessing and x.shape[-1] == 3:
             x = Normalization(mean=MEAN, variance=VARIANCE, name=f"{name}_prestem_normalization")(x)
