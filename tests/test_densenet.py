@@ -16,6 +16,6 @@ def test_presets_share_one_module_and_differ_only_in_blocks():
         "densenet169": (6, 12, 32, 32),
         "densenet201": (6, 12, 48, 32),
     } == BLOCKS
-    others = [{f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name not in ("blocks", "name")}
+    others = [{f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name not in ("blocks", "name", "model_name")}
               for m in modules.values()]
     assert others[0] == others[1] == others[2]

@@ -29,7 +29,9 @@ rounding alone, and the bounds below hold on any CPU XLA supports. u = 2^-24 is 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -102,6 +104,16 @@ def probability_atol(variables) -> float:
     return 0.5 * LOGIT_SCALE * network_rtol(variables)
 
 
+def record(kind: str, measured: float, bound: float) -> None:
+    """With ``FLAXZOO_RECORD_ERRORS=<dir>``, append what a comparison measured to ``<dir>/<pid>.jsonl`` (the test,
+    ``kind``, the measured error and its bound): the figures the issues' closing notes report."""
+    folder = os.environ.get("FLAXZOO_RECORD_ERRORS")
+    if folder:
+        line = dict(test=os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0], kind=kind, measured=measured, bound=bound)
+        with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def assert_features_close(ours, ref, variables) -> None:
     """``ours`` equals ``ref`` within :func:`network_rtol` of ``variables``' network, relative to ``ref``'s largest value."""
     ours, ref = np.asarray(ours), np.asarray(ref)
@@ -109,10 +121,12 @@ def assert_features_close(ours, ref, variables) -> None:
     scale = np.abs(ref).max()
     assert scale > 0
     tol = network_rtol(variables)
+    record("features, relative to the largest", float(np.abs(ours - ref).max() / scale), tol)
     np.testing.assert_allclose(ours, ref, rtol=tol, atol=tol * scale)
 
 
 def assert_probabilities_close(ours, ref, variables) -> None:
     ours, ref = np.asarray(ours), np.asarray(ref)
     assert ours.shape == ref.shape
+    record("probabilities, absolute", float(np.abs(ours - ref).max()), probability_atol(variables))
     np.testing.assert_allclose(ours, ref, rtol=0, atol=probability_atol(variables))
