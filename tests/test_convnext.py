@@ -83,3 +83,35 @@ def test_any_name_loads_imagenet_weights_by_their_sha256(name, monkeypatch):
     # another published file: the converted cache and Keras' copy are stale, and the new file is fetched
     with pytest.raises(DownloadError, match="convnext_tiny_notop.h5"):
         flaxzoo.ConvNeXtTiny(include_top=False, weights="imagenet")
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny"])  # in the convnext_tiny test group
+def test_stochastic_depth_for_fine_tuning_is_keras_and_driven_by_the_dropout_rng(name):
+    """``model.clone(drop_path_rate=r)``: Keras' ``ConvNeXt(drop_path_rate=r)`` layers (the first block keeps its
+    identity: rate 0), the identity at inference, whole images dropped in training, reproducible per rng key."""
+    from keras.src.applications import convnext as keras_convnext
+
+    model, variables = flaxzoo.ConvNeXtTiny(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    dropping = model.clone(drop_path_rate=0.5)
+    keras.backend.clear_session()
+    with keras.StatelessScope(initialize_variables=False):
+        ref = keras_convnext.ConvNeXt(
+            depths=[3, 3, 9, 3], projection_dims=[96, 192, 384, 768], drop_path_rate=0.5, include_top=False,
+            weights=None, input_shape=(SIZE, SIZE, 3), name="convnext_tiny",
+        )  # fmt: skip
+    ours = flaxzoo.model_graph(dropping).layers
+    assert [(layer.name, layer.keras_class) for layer in ours] == [(layer.name, type(layer).__name__) for layer in ref.layers]
+    rates = {layer.name: layer.drop_path_rate for layer in ref.layers if type(layer).__name__ == "StochasticDepth"}
+    assert len(rates) == sum((3, 3, 9, 3)) - 1 and max(rates.values()) == 0.5
+
+    x = kr.reference_inputs(name, SIZE)
+    np.testing.assert_array_equal(flax_apply(dropping, variables, x), flax_apply(model, variables, x))
+
+    def training(key):
+        return dropping.apply(variables, x, train=True, rngs={"dropout": key})
+
+    a, b = jax.jit(training)(jax.random.key(0)), jax.jit(training)(jax.random.key(1))
+    np.testing.assert_array_equal(a, jax.jit(training)(jax.random.key(0)))
+    assert not np.allclose(a, b)
+    with pytest.raises(Exception, match="dropout"):
+        jax.eval_shape(lambda v: dropping.apply(v, x, train=True), variables)

@@ -10,7 +10,8 @@ As in Keras:
 - the input is normalised inside the model (ImageNet mean and standard deviation in [0, 255] units,
   constants) unless ``include_preprocessing=False``, and ``preprocess_input`` is the identity;
 - stochastic depth is off in every exported model (``drop_path_rate=0``): each block ends in an identity
-  ``Activation("linear")``;
+  ``Activation("linear")``; ``model.clone(drop_path_rate=r)`` turns it on for fine-tuning as Keras'
+  ``ConvNeXt(drop_path_rate=r)`` does (``StochasticDepth`` layers, rates rising linearly from 0);
 - without the top, the features (pooled or not) go through one more, unnamed LayerNormalization.
 
 Keras raises when ``weights="imagenet"`` and ``name`` does not contain the preset's name (its weight file
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -28,6 +30,7 @@ from flaxzoo.layers import (
     AutoNames,
     Conv2D,
     Dense,
+    Dropout,
     GlobalAveragePooling2D,
     GlobalMaxPooling2D,
     InputLayer,
@@ -72,8 +75,17 @@ class Downsampling(KerasLayer):
         return Conv2D(self.filters, 2, strides=2, name=f"{self.prefix}_downsampling_conv_{self.index}")(x)
 
 
-def convnext_block(x, dim: int, auto: AutoNames, *, name: str):
-    """Depthwise 7x7 → LayerNorm → Dense 4·dim → GELU → Dense dim → LayerScale → identity, plus the input."""
+class StochasticDepth(Dropout):
+    """Keras' ``StochasticDepth`` of ``convnext.py``: the whole residual branch of an image dropped with
+    probability ``rate`` in training (kept ones scaled by 1/(1 - rate)), the identity at inference."""
+
+    noise_shape: tuple[int | None, ...] | None = (None, 1, 1, 1)
+    keras_class: ClassVar[str] = "StochasticDepth"
+
+
+def convnext_block(x, dim: int, auto: AutoNames, train: bool, *, name: str, drop_path_rate: float = 0.0):
+    """Depthwise 7x7 → LayerNorm → Dense 4·dim → GELU → Dense dim → LayerScale → stochastic depth (an
+    identity at rate 0, as in every exported model), plus the input."""
     inputs = x
     x = Conv2D(dim, 7, padding="same", groups=dim, name=f"{name}_depthwise_conv")(x)
     x = LayerNormalization(EPSILON, name=f"{name}_layernorm")(x)
@@ -81,7 +93,10 @@ def convnext_block(x, dim: int, auto: AutoNames, *, name: str):
     x = Activation("gelu", name=f"{name}_gelu")(x)
     x = Dense(dim, name=f"{name}_pointwise_conv_2")(x)
     x = LayerScale(name=f"{name}_layer_scale")(x)
-    x = Activation("linear", name=f"{name}_identity")(x)  # StochasticDepth at drop_path_rate 0
+    if drop_path_rate:
+        x = StochasticDepth(drop_path_rate, name=f"{name}_stochastic_depth")(x, train)
+    else:
+        x = Activation("linear", name=f"{name}_identity")(x)
     return TensorAdd(name=auto(TensorAdd))(inputs, x)  # Keras' anonymous ``inputs + x``: "add", "add_1", ...
 
 
@@ -91,6 +106,9 @@ class ConvNeXtModule(Application):
     depths: tuple[int, ...] = (3, 3, 9, 3)
     projection_dims: tuple[int, ...] = (96, 192, 384, 768)
     include_preprocessing: bool = True
+    # Keras' ``ConvNeXt(drop_path_rate=...)``, 0 in every preset: for fine-tuning, ``model.clone(drop_path_rate=0.1)``
+    # gives block b of n the rate ``0.1 * b / (n - 1)`` (Keras' linspace), driven by the ``dropout`` rng.
+    drop_path_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -98,13 +116,16 @@ class ConvNeXtModule(Application):
         x = InputLayer(name="input_layer")(x)
         if self.include_preprocessing and x.shape[-1] == 3:
             x = Normalization(mean=MEAN, variance=VARIANCE, name=f"{name}_prestem_normalization")(x)
+        rates = iter(np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist())
         for stage, (depth, dim) in enumerate(zip(self.depths, self.projection_dims)):
             if stage == 0:
                 x = Stem(dim, name=f"{name}_stem")(x)
             else:
                 x = Downsampling(dim, name, stage - 1, name=f"{name}_downsampling_block_{stage - 1}")(x)
             for block in range(depth):
-                x = convnext_block(x, dim, auto, name=f"{name}_stage_{stage}_block_{block}")
+                x = convnext_block(
+                    x, dim, auto, train, name=f"{name}_stage_{stage}_block_{block}", drop_path_rate=next(rates)
+                )
 
         if self.include_top:
             x = GlobalAveragePooling2D(name=f"{name}_head_gap")(x)
