@@ -625,6 +625,18 @@ class Dense(KerasLayer):
         return int(np.prod(out_shape)) * in_shapes[0][-1]
 
 
+def _normalize(x, mean, var, epsilon, gamma, beta):
+    """Keras' ``ops.batch_normalization`` form, shared by BatchNormalization and LayerNormalization:
+    ``x * inv + (beta - mean * inv)`` with ``inv = rsqrt(var + epsilon) * gamma`` (gamma, beta optional)."""
+    inv = jax.lax.rsqrt(var + epsilon)
+    if gamma is not None:
+        inv = inv * gamma.astype(x.dtype)
+    res = -mean * inv
+    if beta is not None:
+        res = res + beta.astype(x.dtype)
+    return x * inv + res
+
+
 class LayerNormalization(KerasLayer):
     """keras.layers.LayerNormalization over the last axis, as Keras 3 computes it on JAX: two-pass moments
     (``jnp.mean``, ``jnp.var``), then ``x * inv + (beta - mean * inv)`` with ``inv = rsqrt(var + eps) * gamma``
@@ -645,13 +657,7 @@ class LayerNormalization(KerasLayer):
         x = x.astype(jnp.result_type(x.dtype, jnp.float32))
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.var(x, axis=-1, keepdims=True)
-        inv = jax.lax.rsqrt(var + self.epsilon)
-        if gamma is not None:
-            inv = inv * gamma.astype(x.dtype)
-        res = -mean * inv
-        if beta is not None:
-            res = res + beta.astype(x.dtype)
-        return (x * inv + res).astype(out_dtype)
+        return _normalize(x, mean, var, self.epsilon, gamma, beta).astype(out_dtype)
 
 
 class LayerScale(KerasLayer):
@@ -741,13 +747,7 @@ class BatchNormalization(KerasLayer):
         else:
             mean, var = moving_mean.value.astype(x.dtype), moving_var.value.astype(x.dtype)
 
-        inv = jax.lax.rsqrt(var + self.epsilon)
-        if gamma is not None:
-            inv = inv * gamma.astype(x.dtype)
-        res = -mean * inv
-        if beta is not None:
-            res = res + beta.astype(x.dtype)
-        return (x * inv + res).astype(out_dtype)
+        return _normalize(x, mean, var, self.epsilon, gamma, beta).astype(out_dtype)
 
 
 def _ancestry(module: nn.Module, root: nn.Module):
