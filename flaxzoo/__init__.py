@@ -13,6 +13,15 @@ from flaxzoo import image, imagenet_utils
 from flaxzoo.zoo import create_model, get_spec, list_models, mirror_modules, save_checkpoint, specs
 from flaxzoo.registry import ModelSpec
 from flaxzoo.inference import fold_batchnorm, predict_fn
+from flaxzoo.features import (
+    FeatureInfo,
+    feature_info,
+    features_only,
+    layer_decay_optimizer,
+    layer_decay_scales,
+    layer_groups,
+    param_groups,
+)
 from flaxzoo.xla_options import compiler_options
 from flaxzoo.surgery import (
     TransferReport,
@@ -35,12 +44,15 @@ globals().update(mirror_modules())  # flaxzoo.resnet, ... (also in sys.modules: 
 
 __all__ = [
     "__version__",
+    "FeatureInfo",
     "ModelSpec",
     "TransferReport",
     "Truncated",
     "compiler_options",
     "create_model",
     "extract",
+    "feature_info",
+    "features_only",
     "fold_batchnorm",
     "freeze",
     "frozen_layers",
@@ -48,10 +60,14 @@ __all__ = [
     "get_spec",
     "image",
     "imagenet_utils",
+    "layer_decay_optimizer",
+    "layer_decay_scales",
+    "layer_groups",
     "layer_names",
     "list_models",
     "load_pretrained",
     "model_graph",
+    "param_groups",
     "predict_fn",
     "save_checkpoint",
     "summary",

@@ -137,6 +137,11 @@ def cmd_convert(args) -> None:
 
 
 def cmd_list(args) -> None:
+    if args.stages:
+        from flaxzoo.features import stage_table
+
+        print(stage_table())
+        return
     print(model_table() if args.markdown else format_registry())
 
 
@@ -184,7 +189,7 @@ def cmd_finetune(args) -> None:
         model=args.model, data=args.data, weights=None if args.weights.lower() == "none" else args.weights,
         val_data=args.val_data, image_size=args.image_size, classes=args.classes,
         freeze_until=parse_frozen(args.freeze_until), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer=args.optimizer, bf16=args.bf16, label_smoothing=args.label_smoothing,
+        layer_decay=args.layer_decay, optimizer=args.optimizer, bf16=args.bf16, label_smoothing=args.label_smoothing,
         accum_steps=args.accum_steps, augment=not args.no_augment, seed=args.seed,
         checkpoint_dir=args.checkpoint_dir, save_every=args.save_every, keep=args.keep,
         metrics_out=args.metrics_out, export=args.export, progress=not args.quiet, workers=args.workers,
@@ -229,6 +234,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="the registered models")
     p.add_argument("--markdown", action="store_true", help="as the README's model table")
+    p.add_argument("--stages", action="store_true", help="each model's stages by stride (the README's backbone table)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="one model's details and weight files")
@@ -261,6 +267,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=1, help="total epochs (a resumed run continues up to it)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size, over all devices and hosts")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--layer-decay", type=float, metavar="D",
+                   help="layer-wise learning-rate decay: the head at --lr, stage 4 at D x --lr, ... the stem at D^5 x --lr")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 parameters")
     p.add_argument("--label-smoothing", type=float, default=0.0)

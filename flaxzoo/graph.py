@@ -51,6 +51,28 @@ class LayerInfo:
             object.__setattr__(self, "path", (self.name,))
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureInfo:
+    """One stage of a network, as a backbone exposes it (timm's ``feature_info``): the Keras layer that ends
+    the stage, its channels and its output stride (``reduction``) at the model's default size.
+
+    ``index`` is ``log2(reduction) - 1`` in every model, so that index ``i`` is stride ``2 ** (i + 1)``
+    everywhere: ``out_indices=(1, 2, 3, 4)`` are the strides 4, 8, 16 and 32 of any model (ConvNeXt, whose
+    stem has stride 4, has no index 0). ``tap="input"`` where the stage's output is no Keras layer's output
+    (ConvNeXt's residual sums are tensor operations) but the input of ``layer``: Keras' ``layer.input``."""
+
+    index: int
+    layer: str
+    channels: int
+    reduction: int
+    tap: str = "output"
+
+    @property
+    def keras(self) -> str:
+        """How Keras reaches the same tensor: ``get_layer(...).output`` or ``.input``."""
+        return f"get_layer({self.layer!r}).{self.tap}"
+
+
 def subtree(tree: Mapping[str, Any], path: Sequence[str]) -> Any:
     """``tree[path[0]][path[1]]...``, or None where the path does not lead anywhere."""
     for key in path:
@@ -128,6 +150,56 @@ class _Recorder:
         return out
 
 
+class _Reached(Exception):
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+
+Tap = tuple[str, str]  # (layer name, "output" or "input")
+
+
+class _Collector:
+    """Interceptor recording the tensors at ``taps``; once all are seen, the next Keras layer call ends the
+    forward pass (not the tapped call itself: an enclosing interceptor, as the graph tracer, sees it end)."""
+
+    def __init__(self, taps: Sequence[Tap]):
+        self.wanted = set(taps)
+        self.outputs: dict[Tap, Any] = {}
+
+    def _complete(self) -> bool:
+        return len(self.outputs) == len(self.wanted)
+
+    def __call__(self, next_fun, args, kwargs, context):
+        if context.method_name != "__call__" or not isinstance(context.module, KerasLayer):
+            return next_fun(*args, **kwargs)
+        if self._complete():
+            raise _Reached(self.outputs)
+        name = context.module.name
+        if (name, "input") in self.wanted:
+            self.outputs[(name, "input")] = args[0]
+            if self._complete():
+                raise _Reached(self.outputs)
+        out = next_fun(*args, **kwargs)
+        if (name, "output") in self.wanted:
+            self.outputs[(name, "output")] = out
+        return out
+
+
+def run_until(taps: Sequence[Tap], call, what: str = "the model") -> dict[Tap, Any]:
+    """Run ``call()`` (a forward pass) until the tensors at ``taps`` are known: ``{tap: array}``. Nothing
+    after the last of them runs (nor is traced under ``jit``)."""
+    collector = _Collector(taps)
+    try:
+        with nn.intercept_methods(collector):
+            call()
+    except _Reached as reached:
+        return reached.outputs
+    if collector._complete():
+        return collector.outputs
+    missing = sorted(name for name, _ in collector.wanted - set(collector.outputs))
+    raise ValueError(f"No such layer(s) in {what}: {missing}. See flaxzoo.layer_names(model).")
+
+
 def keras_order(inbound: Mapping[str, Sequence[str]], output: str) -> list[str]:
     """Keras' ``model.layers`` order of the layers that ``output`` depends on."""
     index = {output: 0}
@@ -160,7 +232,8 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
         rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
         with nn.intercept_methods(recorder):
             out, variables = module.init_with_output(rngs, x, **call_kwargs)
-        recorder.output = recorder.producer[id(out)]
+        # a backbone's feature maps (features_only): the layers up to the deepest, which needs the others
+        recorder.output = recorder.producer[id(jax.tree_util.tree_leaves(out)[-1])]
         return variables
 
     variables = jax.eval_shape(init)

@@ -102,7 +102,7 @@ def _epsilons(model: nn.Module, variables: dict) -> dict[str, float]:
 def predict_fn(
     model: nn.Module, variables: dict, *, dtype: Any = jnp.float32, fold_bn: bool = False
 ) -> tuple[Callable, dict]:
-    """A jitted ``f(variables, x) -> float32 outputs`` computing in ``dtype`` (``jnp.bfloat16``: bfloat16
+    """A jitted ``f(variables, x) -> float32 outputs`` (a backbone's: a list) computing in ``dtype`` (``jnp.bfloat16``: bfloat16
     activations and kernels, float32 batch-norm arithmetic), optionally on folded batch norms; returns
     ``(f, variables)`` (the variables f expects: folded ones with ``fold_bn``). Compiled with
     :func:`flaxzoo.xla_options.compiler_options`."""
@@ -111,6 +111,7 @@ def predict_fn(
 
     @jit
     def f(variables, x):
-        return model.apply(variables, jnp.asarray(x).astype(dtype)).astype(jnp.float32)
+        out = model.apply(variables, jnp.asarray(x).astype(dtype))  # a backbone's: a list of feature maps
+        return jax.tree_util.tree_map(lambda y: y.astype(jnp.float32), out)
 
     return f, variables

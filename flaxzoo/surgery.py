@@ -19,8 +19,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from flaxzoo.graph import Graph, LayerInfo, trace
-from flaxzoo.layers import KerasLayer
+from flaxzoo.graph import Graph, LayerInfo, run_until, trace
 
 Frozen = str | int | Callable[[str], bool] | Iterable[str] | None
 
@@ -62,37 +61,9 @@ def get_layer(model: nn.Module, name: str | None = None, index: int | None = Non
 # ------------------------------------------------------------------------------------------------
 
 
-class _Reached(Exception):
-    def __init__(self, outputs):
-        self.outputs = outputs
-
-
-class _Collector:
-    """Interceptor recording the outputs of ``names``; raises once all are seen, ending the forward pass."""
-
-    def __init__(self, names: Sequence[str]):
-        self.wanted = set(names)
-        self.outputs: dict[str, Any] = {}
-
-    def __call__(self, next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, KerasLayer):
-            if context.module.name in self.wanted:
-                self.outputs[context.module.name] = out
-                if len(self.outputs) == len(self.wanted):
-                    raise _Reached(self.outputs)
-        return out
-
-
 def _run_until(model: nn.Module, names: Sequence[str], call: Callable[[], Any]) -> dict[str, Any]:
-    collector = _Collector(names)
-    try:
-        with nn.intercept_methods(collector):
-            call()
-    except _Reached as reached:
-        return reached.outputs
-    missing = sorted(collector.wanted - set(collector.outputs))
-    raise ValueError(f"No such layer(s) in {type(model).__name__}: {missing}. See flaxzoo.layer_names(model).")
+    found = run_until([(name, "output") for name in names], call, type(model).__name__)
+    return {name: found[(name, "output")] for name in names}
 
 
 class Truncated(nn.Module):

@@ -271,6 +271,33 @@ def test_finetune_resumes_exactly_and_records_every_epoch(tmp_path):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+def test_finetune_layer_decay_scales_each_stage_learning_rate(tmp_path, capsys):
+    """One plain SGD step with --layer-decay 0.5 against one without, from the same weights on the same batch:
+    each parameter moved by its stage's factor (the stem 0.5**5 as far, the new head as far)."""
+    data = write_folder(tmp_path / "train", per_class=4)
+
+    def run(name, *extra):
+        finetune([
+            "finetune", "--model", "mobilenet", "--weights", "none", "--data", data, "--image-size", 32,
+            "--epochs", 1, "--batch-size", 12, "--optimizer", "sgd", "--lr", 0.1, "--no-augment", "--quiet",
+            "--export", tmp_path / name, *extra,
+        ])  # fmt: skip
+        return checkpoint.restore(tmp_path / name)[0]["params"]
+
+    plain, decayed = run("plain"), run("decayed", "--layer-decay", 0.5)
+    assert "layer decay 0.5" in capsys.readouterr().out
+    model, initial, _ = build_model(flaxzoo.get_spec("mobilenet"), 3, 32, None)
+    labels = flaxzoo.param_groups(model, initial)
+    factor = {"head": 1.0, "stage4": 0.5, "stage3": 0.25, "stage2": 0.125, "stage1": 0.0625, "stem": 0.03125}
+    leaves = zip(*(jax.tree_util.tree_leaves(t) for t in (initial["params"], plain, decayed, labels)))
+    for start, a, b, label in leaves:
+        expected = factor[label] * (a - start)
+        # b - start and a - start each carry the rounding of a float32 sum with start (u|start|, u = 2^-24);
+        # 1e-4 relative admits gradients rounded otherwise in the two compilations
+        bound = 1e-4 * np.abs(expected) + 4 * 2.0**-24 * np.abs(start)
+        assert np.all(np.abs((b - start) - expected) <= bound), label
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

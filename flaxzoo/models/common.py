@@ -10,7 +10,7 @@ import functools
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -162,6 +162,18 @@ class Application(nn.Module):
     # becomes a submodule (a user's module, ``truncate``), where Flax renames it after its attribute; layer
     # names made from the model's name (ConvNeXt's) and messages read this one.
     model_name: str | None = None
+    # A backbone (features_only): the stages whose feature maps ``__call__`` returns, a list in this order,
+    # stopping after the last (see flaxzoo.features). Empty: the model's own output.
+    feature_info: tuple[graph_lib.FeatureInfo, ...] = ()
+
+    @nn.nowrap
+    def feature_layers(self, graph: graph_lib.Graph) -> tuple[str | graph_lib.Tap, ...]:
+        """The Keras layers that end the stages, by stride, given the no-top graph at the default size: each a
+        layer name (its output) or a ``(name, "input")`` tap. By default, at each stride the last layer that is
+        not a padding: the activation after a stage, where the next stage starts with a strided convolution
+        (ResNet's ``conv2_block3_out``, MobileNetV2's ``block_3_expand_relu``). Families whose stages end
+        otherwise (Keras' layer order, or pre-activation) name theirs."""
+        return default_stage_ends(graph, self.default_size)
 
     def __init_subclass__(cls, **kwargs):
         # Every model's __call__ checks its input (see check_input): wrapped here, before Flax wraps it,
@@ -183,9 +195,73 @@ def _checking_input(call: Callable) -> Callable:
             kwargs[input_name] = check_input(self, kwargs[input_name])
         # frozen / folded batch norms at any depth, blocks written as their own modules included
         with layer_modes(self, self.frozen, self.folded):
-            return call(self, *args, **kwargs)
+            if not self.feature_info:
+                return call(self, *args, **kwargs)
+            taps = [(f.layer, f.tap) for f in self.feature_info]
+            found = graph_lib.run_until(taps, lambda: call(self, *args, **kwargs), self.model_name or self.name)
+            return [found[tap] for tap in taps]
 
     return checked
+
+
+STRIDES = (2, 4, 8, 16, 32)
+_NOT_STAGE_ENDS = ("ZeroPadding2D", "Cropping2D", "Dropout")
+
+
+def nominal_stride(size: int, height: int) -> int:
+    """The output stride of a feature map of ``height`` from an input of ``size``: the nearest power of two
+    (valid-padded models lose a few pixels: InceptionV3's 8x8 of 299 is stride 32)."""
+    return 2 ** round(np.log2(size / height))
+
+
+def default_stage_ends(graph: graph_lib.Graph, size: int) -> tuple[str, ...]:
+    """At each stride of :data:`STRIDES`, the last layer in Keras' order (no padding) with a feature map at it."""
+    last = {}
+    for layer in graph.layers:
+        if len(layer.output_shape) == 4 and layer.keras_class not in _NOT_STAGE_ENDS:
+            last[nominal_stride(size, layer.output_shape[1])] = layer.name
+    return tuple(last[s] for s in STRIDES if s in last)
+
+
+def stage_features(module: Application) -> tuple[graph_lib.FeatureInfo, ...]:
+    """Every stage of ``module`` as :class:`~flaxzoo.graph.FeatureInfo` (any head: the stages are the no-top
+    model's), from an abstract trace at its input size (None dimensions: the default size). Nothing runs."""
+    base = module.clone(include_top=False, pooling=None, feature_info=(), frozen=frozenset(), folded=frozenset())
+    shape = (1, *(module.default_size if d is None else d for d in base.input_shape))
+    graph = graph_lib.trace(base, shape)
+    taps = [tap if isinstance(tap, tuple) else (tap, "output") for tap in base.feature_layers(graph)]
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    found = jax.eval_shape(lambda x: graph_lib.run_until(taps, lambda: base.init(rngs, x)), jnp.zeros(shape))
+    entries = []
+    for layer, tap in taps:
+        _, height, _, channels = found[(layer, tap)].shape
+        stride = nominal_stride(shape[1], height)
+        entries.append(graph_lib.FeatureInfo(int(np.log2(stride)) - 1, layer, int(channels), stride, tap))
+    if [e.reduction for e in entries] != sorted({e.reduction for e in entries}):
+        raise AssertionError(f"{type(module).__name__}: stage strides {[e.reduction for e in entries]} do not increase")
+    return tuple(entries)
+
+
+def backbone(module: Application, out_indices: Sequence[int] = (1, 2, 3, 4)) -> Application:
+    """``module`` as a backbone: no top, and ``__call__`` returns the feature maps of the stages
+    ``out_indices`` (:attr:`FeatureInfo.index`: index ``i`` is stride ``2 ** (i + 1)``), as a list."""
+    stages = {entry.index: entry for entry in stage_features(module)}
+    name = module.model_name or type(module).__name__
+    if isinstance(out_indices, int) or not out_indices or any(i not in stages for i in out_indices):
+        raise ValueError(
+            f"out_indices={out_indices!r}: {name} has the stages {tuple(stages)} (index i is output stride "
+            f"2**(i + 1): {', '.join(f'{i}: {e.reduction}' for i, e in stages.items())})"
+        )
+    return module.clone(include_top=False, pooling=None, feature_info=tuple(stages[i] for i in out_indices))
+
+
+def keep_variables(variables: Mapping, like: Mapping) -> dict:
+    """The part of ``variables`` that ``like`` (a variable tree, abstract or not) has: a backbone's variables
+    are those of the layers it runs."""
+    return {
+        key: keep_variables(variables[key], sub) if isinstance(sub, Mapping) else variables[key]
+        for key, sub in like.items()
+    }
 
 
 def _static(dim) -> int | None:
@@ -324,7 +400,10 @@ class Family:
         defaults = {**HEAD_DEFAULTS, "name": spec.default_name or spec.name, **self.defaults}
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         params = [inspect.Parameter(arg, kind, default=defaults[arg]) for arg in self.arguments]
-        params.append(inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0))
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        params.append(inspect.Parameter("seed", keyword, default=0))
+        params.append(inspect.Parameter("features_only", keyword, default=False))
+        params.append(inspect.Parameter("out_indices", keyword, default=(1, 2, 3, 4)))
         return inspect.Signature(params)
 
 
@@ -364,6 +443,25 @@ def build_application(spec: ModelSpec, arguments: Arguments, *, seed: int = 0):
     return instantiate(spec, module, weights=weights, seed=seed, variant=variant)
 
 
+def build_backbone(spec: ModelSpec, arguments: Arguments, given: set, out_indices, *, seed: int = 0):
+    """``features_only=True``: the no-top model (its weights: Keras' no-top file) as a :func:`backbone`, with
+    the variables of the layers up to the last stage asked for."""
+    if arguments["include_top"] and "include_top" in given:
+        raise ValueError(f"{spec.keras_name}(features_only=True) returns feature maps: it has no top (include_top=True)")
+    if arguments["pooling"] is not None:
+        raise ValueError(
+            f"{spec.keras_name}(features_only=True) returns unpooled feature maps (pooling={arguments['pooling']!r}): "
+            "pool them yourself, or take the pooled features of include_top=False, pooling='avg'"
+        )
+    arguments = {**arguments, "include_top": False}
+    with abstract_variables():  # the stages found (and checked) before any weight is built or read
+        stages = backbone(build_application(spec, {**arguments, "weights": None})[0], out_indices).feature_info
+    module, variables = build_application(spec, arguments, seed=seed)
+    module = module.clone(feature_info=stages)  # the weights do not move stages (EfficientNet's std rescaling)
+    shape = (1, *(module.default_size if d is None else d for d in module.input_shape))
+    return module, keep_variables(variables, graph_lib.trace(module, shape).variables)
+
+
 def keras_constructor(spec: ModelSpec) -> Callable:
     """The Keras-named constructor of ``spec``: Keras' signature (order, defaults) plus keyword-only ``seed``,
     returning ``(module, variables)``."""
@@ -374,10 +472,15 @@ def keras_constructor(spec: ModelSpec) -> Callable:
             bound = signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{spec.keras_name}() {e}") from None
+        given = set(bound.arguments)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        seed = arguments.pop("seed")
-        return build_application(spec, arguments, seed=seed)
+        seed, features_only, out_indices = (arguments.pop(k) for k in ("seed", "features_only", "out_indices"))
+        if not features_only:
+            if "out_indices" in given:
+                raise ValueError(f"{spec.keras_name}(): out_indices={out_indices!r} needs features_only=True")
+            return build_application(spec, arguments, seed=seed)
+        return build_backbone(spec, arguments, given, out_indices, seed=seed)
 
     constructor.__name__ = constructor.__qualname__ = spec.keras_name
     constructor.__module__ = spec.module

@@ -110,6 +110,13 @@ class ConvNeXtModule(Application):
     # gives block b of n the rate ``0.1 * b / (n - 1)`` (Keras' linspace), driven by the ``dropout`` rng.
     drop_path_rate: float = 0.0
 
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # A stage ends in a residual sum, a tensor operation in Keras (no layer's output): it is the input of
+        # the next downsampling block. The no-top model's last layer norm ends stride 32.
+        name = self.model_name or self.name
+        return (*((f"{name}_downsampling_block_{i}", "input") for i in range(3)), graph.output)
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         name, auto = self.model_name or self.name, AutoNames()

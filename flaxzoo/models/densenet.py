@@ -77,6 +77,11 @@ class DenseNetModule(Application):
 
     blocks: tuple[int, ...] = (6, 12, 24, 16)
 
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # a dense block's output, normalised and activated by its transition (before the transition's conv)
+        return ("conv1_relu", "pool2_relu", "pool3_relu", "pool4_relu", "relu")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()

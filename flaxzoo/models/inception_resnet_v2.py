@@ -108,6 +108,12 @@ def mixed_7a(x, auto, train):
 
 
 class InceptionResNetV2Module(Application):
+
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # the stem's 2b and 4a convolutions, the last residual block at strides 8 and 16, and conv_7b
+        return ("activation_2", "activation_4", "block35_10_ac", "block17_20_ac", "conv_7b_ac")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()

@@ -127,6 +127,12 @@ def mixed_8x8(x, i, auto, train):
 
 
 class InceptionV3Module(Application):
+
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # Conv2d_2b, Conv2d_4a, then the last mixed block at each stride (Keras orders branches' layers after them)
+        return ("activation_2", "activation_4", "mixed2", "mixed7", "mixed10")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()

@@ -172,6 +172,14 @@ class NASNetModule(Application):
     skip_reduction: bool = True
     filter_multiplier: int = 2
 
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # The ReLU each reduction cell applies to its input (an unnamed Keras Activation) is the activated output
+        # of the last cell at that stride; the model's last ReLU ends stride 32.
+        n = self.num_blocks
+        cells = ("stem_1", "stem_2", f"reduce_{n}", f"reduce_{2 * n}")
+        return (*(graph.by_name[f"reduction_conv_1_{cell}"].inbound[0] for cell in cells), graph.output)
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()

@@ -12,6 +12,8 @@ ResNet50V2, ResNet101V2 and ResNet152V2 differ only in the number of blocks per 
 
 from __future__ import annotations
 
+from flax import linen as nn
+
 from flaxzoo.layers import Activation, Add, AutoNames, Conv2D, MaxPooling2D, ZeroPadding2D
 from flaxzoo.models.common import Family, preset_table, register_family
 from flaxzoo.models.resnet import BatchNorm, ResNetModule
@@ -50,6 +52,13 @@ class ResNetV2Module(ResNetModule):
     """Keras' ``ResNet(stack_fn, preact=True, use_bias=True)``; ``blocks`` per stage (conv2..conv5)."""
 
     preact = True
+
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # Pre-activation: a stage's output is normalised and activated by the next block's preact layers; the
+        # stride sits in a stage's last block, so its preact_relu is the stage's last activation at full size.
+        last = [f"conv{stage}_block{blocks}_preact_relu" for stage, blocks in zip((2, 3, 4), self.blocks)]
+        return ("conv1_conv", *last, "post_relu")
 
     def stack(self, x, train: bool):
         auto = AutoNames()  # the strided identity shortcuts, the model's only unnamed layers

@@ -48,6 +48,12 @@ def middle_block(x, block, auto, train):
 
 
 class XceptionModule(Application):
+
+    @nn.nowrap
+    def feature_layers(self, graph):
+        # the first ReLU of the next block is the activated output of the block that ends a stride (timm's choice)
+        return ("block1_conv2_act", "block3_sepconv1_act", "block4_sepconv1_act", "block13_sepconv1_act", "block14_sepconv2_act")
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         auto = AutoNames()

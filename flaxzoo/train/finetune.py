@@ -31,6 +31,7 @@ import numpy as np
 
 from flaxzoo import sharding
 from flaxzoo.errors import TrainingError
+from flaxzoo.features import layer_decay_optimizer
 from flaxzoo.registry import ModelSpec
 from flaxzoo.surgery import TransferReport, freeze, load_pretrained, trainable_mask
 from flaxzoo.train import data as data_lib
@@ -54,6 +55,7 @@ class FinetuneConfig:
     epochs: int = 1
     batch_size: int = 32  # global
     lr: float = 1e-3
+    layer_decay: float | None = None  # flaxzoo.layer_decay_optimizer: the head at lr, stage k lower by decay per stage
     optimizer: str = "adam"
     bf16: bool = False
     label_smoothing: float = 0.0
@@ -180,6 +182,9 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         model = freeze(model, cfg.freeze_until)
     mask = trainable_mask(model, variables)
     tx = make_optimizer(cfg.optimizer, cfg.lr, mask=mask)
+    if cfg.layer_decay is not None:
+        tx = layer_decay_optimizer(tx, model, variables, cfg.layer_decay)
+        say(f"layer decay {cfg.layer_decay}: the stem's learning rate is {cfg.lr * cfg.layer_decay**5:.3g}, the head's {cfg.lr:.3g}")
     mesh = sharding.data_mesh()
     steps = make_steps(
         model, tx, mesh,
