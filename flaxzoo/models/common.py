@@ -11,7 +11,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -166,14 +166,18 @@ class Application(nn.Module):
     # stopping after the last (see flaxzoo.features). Empty: the model's own output.
     feature_info: tuple[graph_lib.FeatureInfo, ...] = ()
 
+    # The Keras layers that end the stages, where a family names them once for all its presets (see feature_layers)
+    stage_ends: ClassVar[tuple[str, ...] | None] = None
+
     @nn.nowrap
     def feature_layers(self, graph: graph_lib.Graph) -> tuple[str | graph_lib.Tap, ...]:
         """The Keras layers that end the stages, by stride, given the no-top graph at the default size: each a
         layer name (its output) or a ``(name, "input")`` tap. By default, at each stride the last layer that is
         not a padding: the activation after a stage, where the next stage starts with a strided convolution
         (ResNet's ``conv2_block3_out``, MobileNetV2's ``block_3_expand_relu``). Families whose stages end
-        otherwise (Keras' layer order, or pre-activation) name theirs."""
-        return default_stage_ends(graph, self.default_size)
+        otherwise (Keras' layer order, or pre-activation) name theirs: ``stage_ends``, or this method where the
+        names depend on the preset."""
+        return self.stage_ends or default_stage_ends(graph, self.default_size)
 
     def __init_subclass__(cls, **kwargs):
         # Every model's __call__ checks its input (see check_input): wrapped here, before Flax wraps it,

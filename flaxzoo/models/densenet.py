@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from functools import partial
+from typing import ClassVar
 
 from flax import linen as nn
 
@@ -77,10 +78,8 @@ class DenseNetModule(Application):
 
     blocks: tuple[int, ...] = (6, 12, 24, 16)
 
-    @nn.nowrap
-    def feature_layers(self, graph):
-        # a dense block's output, normalised and activated by its transition (before the transition's conv)
-        return ("conv1_relu", "pool2_relu", "pool3_relu", "pool4_relu", "relu")
+    # a dense block's output, normalised and activated by its transition (before the transition's conv)
+    stage_ends: ClassVar[tuple[str, ...]] = ("conv1_relu", "pool2_relu", "pool3_relu", "pool4_relu", "relu")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -12,6 +12,8 @@ the order in which Keras creates the layers: the functions below follow it call 
 from __future__ import annotations
 
 from functools import partial
+from typing import ClassVar
+
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -109,10 +111,8 @@ def mixed_7a(x, auto, train):
 
 class InceptionResNetV2Module(Application):
 
-    @nn.nowrap
-    def feature_layers(self, graph):
-        # the stem's 2b and 4a convolutions, the last residual block at strides 8 and 16, and conv_7b
-        return ("activation_2", "activation_4", "block35_10_ac", "block17_20_ac", "conv_7b_ac")
+    # the stem's 2b and 4a convolutions, the last residual block at strides 8 and 16, and conv_7b
+    stage_ends: ClassVar[tuple[str, ...]] = ("activation_2", "activation_4", "block35_10_ac", "block17_20_ac", "conv_7b_ac")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

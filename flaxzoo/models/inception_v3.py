@@ -11,6 +11,8 @@ order in which Keras creates the layers, which the functions below follow call f
 from __future__ import annotations
 
 from functools import partial
+from typing import ClassVar
+
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -128,10 +130,8 @@ def mixed_8x8(x, i, auto, train):
 
 class InceptionV3Module(Application):
 
-    @nn.nowrap
-    def feature_layers(self, graph):
-        # Conv2d_2b, Conv2d_4a, then the last mixed block at each stride (Keras orders branches' layers after them)
-        return ("activation_2", "activation_4", "mixed2", "mixed7", "mixed10")
+    # Conv2d_2b, Conv2d_4a, then the last mixed block at each stride (Keras orders branches' layers after them)
+    stage_ends: ClassVar[tuple[str, ...]] = ("activation_2", "activation_4", "mixed2", "mixed7", "mixed10")
 
     @nn.compact
     def __call__(self, x, train: bool = False):

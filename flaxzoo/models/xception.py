@@ -3,6 +3,8 @@ blocks with 1x1-conv shortcuts, eight identical middle blocks, and an exit flow.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from flax import linen as nn
 
 from flaxzoo.layers import (
@@ -49,10 +51,10 @@ def middle_block(x, block, auto, train):
 
 class XceptionModule(Application):
 
-    @nn.nowrap
-    def feature_layers(self, graph):
-        # the first ReLU of the next block is the activated output of the block that ends a stride (timm's choice)
-        return ("block1_conv2_act", "block3_sepconv1_act", "block4_sepconv1_act", "block13_sepconv1_act", "block14_sepconv2_act")
+    # the first ReLU of the next block is the activated output of the block that ends a stride (timm's choice)
+    stage_ends: ClassVar[tuple[str, ...]] = (
+        "block1_conv2_act", "block3_sepconv1_act", "block4_sepconv1_act", "block13_sepconv1_act", "block14_sepconv2_act"
+    )  # fmt: skip
 
     @nn.compact
     def __call__(self, x, train: bool = False):
