@@ -27,6 +27,15 @@ def _isolated_homes(tmp_path_factory, monkeypatch):
     jax.clear_caches()  # compiled executables of finished tests: GBs over the suite otherwise
 
 
+@pytest.fixture
+def requested_files(monkeypatch):
+    """Both weight resolvers (Keras' and flaxzoo's) record the file a constructor asks for, then raise
+    ``keras_reference.Requested``: which file, without any network."""
+    import keras_reference
+
+    return keras_reference.record_requests(monkeypatch)
+
+
 def pytest_collection_modifyitems(items):
     """With ``-n N --dist loadgroup`` (the README's command), all tests of one model run in one worker:
     the Keras reference models and .h5 files are cached per process, so they are built once."""

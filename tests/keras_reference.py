@@ -14,12 +14,14 @@ import inspect  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import types  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import h5py  # noqa: E402
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
 def _shared_dir() -> Path:
@@ -315,3 +317,46 @@ def dropout_off(model: keras.Model):
     finally:
         for layer, rate in zip(dropouts, rates):
             layer.rate = rate
+
+
+# ------------------------------------------------------------------------------------------------
+# Which weight file a constructor asks for (MobileNet, V2, V3): both resolvers patched to record it, then stop
+
+SIZE_WARNING = "`input_shape` is undefined or non-square"  # Keras' text when it falls back to the 224 file
+
+
+class Requested(Exception):
+    """Raised by the patched file resolvers instead of touching the network."""
+
+
+def record_requests(monkeypatch) -> dict[str, list]:
+    """Patch Keras' and flaxzoo's ``get_file``: each records the file asked for, then raises Requested."""
+    import flaxzoo.weights
+    from keras.src.utils import file_utils as keras_file_utils
+
+    asked = {"keras": [], "flaxzoo": []}
+
+    def keras_get_file(fname, origin, **kwargs):
+        asked["keras"].append((fname, origin))
+        raise Requested(fname)
+
+    def flaxzoo_get_file(fname, url, md5=None, **kwargs):
+        asked["flaxzoo"].append((fname, url, md5))
+        raise Requested(fname)
+
+    monkeypatch.setattr(keras_file_utils, "get_file", keras_get_file)
+    monkeypatch.setattr(flaxzoo.weights, "get_file", flaxzoo_get_file)
+    return asked
+
+
+def size_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if SIZE_WARNING in str(w.message)]
+
+
+def request(fn, expected=Requested, **kwargs) -> list[str]:
+    """Call a constructor with weights="imagenet" until it asks for the file; returns Keras' size warnings."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(expected):
+            fn(**kwargs)
+    return size_warnings(record)

@@ -35,7 +35,6 @@ SPEC = get_spec("mobilenet")
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 REAL_FILE = kr.SHARED_DATA / "mobilenet_2_5_224_tf_no_top.h5"
 ELEPHANT = kr.SHARED_DATA / "elephant.jpg"
-WARNING_TEXT = "`input_shape` is undefined or non-square"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,41 +230,6 @@ def test_errors_match_keras(case):
     assert ours == error_of(keras.applications.MobileNet, **kwargs)
 
 
-class Requested(Exception):
-    """Raised by the patched file resolvers instead of touching the network."""
-
-
-@pytest.fixture
-def requested_files(monkeypatch):
-    """Patch both weight resolvers: record the file name each side asks for, then stop."""
-    asked = {"keras": [], "flaxzoo": []}
-
-    def keras_get_file(fname, origin, **kwargs):
-        asked["keras"].append((fname, origin))
-        raise Requested(fname)
-
-    def flaxzoo_get_file(fname, url, md5=None, **kwargs):
-        asked["flaxzoo"].append((fname, url, md5))
-        raise Requested(fname)
-
-    monkeypatch.setattr(keras_file_utils, "get_file", keras_get_file)
-    monkeypatch.setattr(flaxzoo.weights, "get_file", flaxzoo_get_file)
-    return asked
-
-
-def warning_texts(record):
-    return [str(w.message) for w in record if WARNING_TEXT in str(w.message)]
-
-
-def request(fn, **kwargs):
-    """Call a constructor with weights="imagenet" until it asks for the file; returns the warnings."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        with pytest.raises(Requested):
-            fn(**kwargs)
-    return warning_texts(record)
-
-
 # (alpha, input_shape, include_top): each alpha and each published size with and without the top, and
 # the no-top shapes Keras maps to the 224 file with a warning.
 FILE_CASES = [
@@ -289,10 +253,10 @@ FILE_CASES = [
 @pytest.mark.parametrize("alpha, input_shape, include_top", FILE_CASES)
 def test_requested_file_and_warning_equal_keras(requested_files, alpha, input_shape, include_top):
     kwargs = dict(alpha=alpha, input_shape=input_shape, include_top=include_top, weights="imagenet")
-    ours = request(flaxzoo.MobileNet, **kwargs)
+    ours = kr.request(flaxzoo.MobileNet, **kwargs)
     keras.backend.clear_session()
     with keras.StatelessScope(initialize_variables=False):  # Keras builds the model first: skip its init
-        theirs = request(keras.applications.MobileNet, **kwargs)
+        theirs = kr.request(keras.applications.MobileNet, **kwargs)
     assert ours == theirs  # the same warning text, or none
     if input_shape is None:
         published = include_top  # no-top without input_shape: rows is None
@@ -329,7 +293,7 @@ def test_imagenet_weights_from_the_keras_cache_with_the_warning(monkeypatch):
     cached.parent.mkdir(parents=True)
     shutil.copy(REAL_FILE, cached)
     kwargs = dict(alpha=0.25, include_top=False, weights="imagenet", input_shape=(200, 200, 3))
-    with pytest.warns(UserWarning, match=WARNING_TEXT) as ours_record:
+    with pytest.warns(UserWarning, match=kr.SIZE_WARNING) as ours_record:
         model, variables = flaxzoo.MobileNet(**kwargs)
     assert model.name == "mobilenet_0.25_224"
     assert is_checkpoint(cache_dir(SPEC, "2_5_224_notop"))
@@ -342,10 +306,10 @@ def test_imagenet_weights_from_the_keras_cache_with_the_warning(monkeypatch):
 
     monkeypatch.setattr(keras_file_utils, "get_file", keras_get_file)
     keras.backend.clear_session()
-    with pytest.warns(UserWarning, match=WARNING_TEXT) as keras_record:
+    with pytest.warns(UserWarning, match=kr.SIZE_WARNING) as keras_record:
         ref_model = keras.applications.MobileNet(**kwargs)
     assert asked == [REAL_FILE.name] and ref_model.name == model.name
-    assert warning_texts(ours_record) == warning_texts(keras_record)
+    assert kr.size_warnings(ours_record) == kr.size_warnings(keras_record)
 
     x = elephant(200)
     ref = kr.run_eager(ref_model, x)

@@ -30,7 +30,6 @@ import tolerances
 from test_parity import flax_apply
 
 SPEC = get_spec("mobilenet_v2")
-WARNING_TEXT = "`input_shape` is undefined or non-square"
 
 
 def keras_shapes_only(**kwargs) -> keras.Model:
@@ -209,45 +208,10 @@ def test_default_name_equals_keras(loading_nothing, kwargs):
 # ------------------------------------------------------------------------------------------------
 
 
-class Requested(Exception):
-    """Raised by the patched file resolvers instead of touching the network."""
-
-
-@pytest.fixture
-def requested_files(monkeypatch):
-    """Patch both weight resolvers: record the file name each side asks for, then stop."""
-    asked = {"keras": [], "flaxzoo": []}
-
-    def keras_get_file(fname, origin, **kwargs):
-        asked["keras"].append((fname, origin))
-        raise Requested(fname)
-
-    def flaxzoo_get_file(fname, url, md5=None, **kwargs):
-        asked["flaxzoo"].append((fname, url, md5))
-        raise Requested(fname)
-
-    monkeypatch.setattr(keras_file_utils, "get_file", keras_get_file)
-    monkeypatch.setattr(flaxzoo.weights, "get_file", flaxzoo_get_file)
-    return asked
-
-
-def warning_texts(record):
-    return [str(w.message) for w in record if WARNING_TEXT in str(w.message)]
-
-
-def request(fn, expected=Requested, **kwargs):
-    """Call a constructor with weights="imagenet" until it asks for the file; returns the warnings."""
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        with pytest.raises(expected):
-            fn(**kwargs)
-    return warning_texts(record)
-
-
 def keras_request(**kwargs):
     keras.backend.clear_session()
     with keras.StatelessScope(initialize_variables=False):  # Keras builds the model first: skip its init
-        return request(keras.applications.MobileNetV2, **kwargs)
+        return kr.request(keras.applications.MobileNetV2, **kwargs)
 
 
 # (alpha, input_shape, include_top): every alpha, each size Keras asks for, with and without the top, and
@@ -280,7 +244,7 @@ def published(input_shape, include_top) -> bool:
 @pytest.mark.parametrize("alpha, input_shape, include_top", FILE_CASES)
 def test_requested_file_and_warning_equal_keras(requested_files, alpha, input_shape, include_top):
     kwargs = dict(alpha=alpha, input_shape=input_shape, include_top=include_top, weights="imagenet")
-    ours = request(flaxzoo.MobileNetV2, **kwargs)
+    ours = kr.request(flaxzoo.MobileNetV2, **kwargs)
     theirs = keras_request(**kwargs)
     assert ours == theirs  # the same warning text, or none
     assert len(ours) == (0 if published(input_shape, include_top) else 1)
@@ -297,7 +261,7 @@ def test_input_tensor_size_chooses_the_file_like_keras(requested_files):
     no-top model's input shape is then free, so it warns and loads the 224 file, whatever the tensor's size."""
     for include_top in (True, False):
         kwargs = dict(include_top=include_top, alpha=0.5, weights="imagenet")
-        ours = request(flaxzoo.MobileNetV2, input_tensor=jax.ShapeDtypeStruct((None, 96, 96, 3), np.float32), **kwargs)
+        ours = kr.request(flaxzoo.MobileNetV2, input_tensor=jax.ShapeDtypeStruct((None, 96, 96, 3), np.float32), **kwargs)
         theirs = keras_request(input_tensor=keras.Input((96, 96, 3)), **kwargs)
         assert ours == theirs and len(ours) == (0 if include_top else 1)
     assert [f for f, *_ in requested_files["flaxzoo"]] == [f for f, _ in requested_files["keras"]] == [

@@ -33,12 +33,11 @@ from flaxzoo.zoo import create_model, get_spec
 import keras_reference as kr
 import test_mobilenet_v2
 import tolerances
-from test_mobilenet_v2 import Requested, error_of
+from test_mobilenet_v2 import error_of
 from test_parity import flax_apply
 
-# MobileNetV2's fixtures, by name: both weight resolvers patched to record the file asked for (then Requested), or
-# to load nothing
-requested_files, loading_nothing = test_mobilenet_v2.requested_files, test_mobilenet_v2.loading_nothing
+# MobileNetV2's fixture, by name: both weight resolvers patched to load nothing
+loading_nothing = test_mobilenet_v2.loading_nothing
 
 SPECS = {kind: get_spec(f"mobilenet_v3_{kind}") for kind in ("small", "large")}
 WARNING = mobilenet_v3.WARNING
@@ -335,7 +334,7 @@ def keras_model_name(kind, alpha, minimalistic) -> str:
 def ask_for_imagenet(fn, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(Requested):
+        with pytest.raises(kr.Requested):
             fn(weights="imagenet", **kwargs)
 
 
