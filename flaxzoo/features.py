@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxzoo.graph import FeatureInfo, trace
+from flaxzoo.models import common as models_common
 from flaxzoo.models.common import Application, backbone, keep_variables, nominal_stride, stage_features
 from flaxzoo.surgery import _plain, model_graph
 from flaxzoo.zoo import create_model
@@ -70,15 +71,15 @@ def features_only(model: Application, variables=None, out_indices: Sequence[int]
 GROUPS = ("stem", "stage1", "stage2", "stage3", "stage4", "head")  # GROUPS[i]: the stage of FeatureInfo index i
 
 
-def layer_groups(model: Application) -> dict[str, str]:
+def layer_groups(model: Application, graph=None) -> dict[str, str]:
     """Every Keras layer of ``model`` by stage: ``{layer name: group}`` with the groups of :data:`GROUPS`. A
     stage is the layers after the previous stage's end up to its own (:func:`feature_info`); the stem ends
     at stride 2 (ConvNeXt's, which has no stride-2 stage, is its stride-4 stem layer); the head is what
     follows the last stage and what the top adds (pooling, classifier)."""
-    graph = model_graph(model)
-    ends = list(stage_features(model))
-    # the layers the top adds (ConvNeXt's head replaces the no-top model's last layer norm)
-    body = set(model_graph(model.clone(include_top=False, pooling=None, feature_info=())).names)
+    graph = graph or model_graph(model)
+    body_graph = models_common.body_graph(model)
+    ends = list(stage_features(model, body_graph))
+    body = set(body_graph.names)  # the layers the top adds are not in it (ConvNeXt's head replaces its last norm)
     size = graph.layers[0].output_shape[1]
     stem_until = None
     if ends[0].index > 0:  # the stem is the first layer to reach the first stage's stride
@@ -108,8 +109,9 @@ def param_groups(model: Application, variables, *, by: str = "stage") -> dict:
     :func:`layer_decay_optimizer`. Every parameter gets exactly one label."""
     if by != "stage":
         raise ValueError(f"param_groups(by={by!r}): only 'stage' is supported")
-    groups = layer_groups(model)
-    by_path = {layer.path: groups[layer.name] for layer in model_graph(model).layers}
+    graph = model_graph(model)
+    groups = layer_groups(model, graph)
+    by_path = {layer.path: groups[layer.name] for layer in graph.layers}
     params = variables["params"] if "params" in variables else variables
 
     def label(path, _):

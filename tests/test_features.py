@@ -65,12 +65,14 @@ def test_feature_info_matches_the_maps_at_the_default_and_an_odd_size(name):
     for size in (spec.default_size, odd_size(spec)):
         x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
         maps = jax.eval_shape(model.apply, variables, x)
-        extracted = jax.eval_shape(lambda v, x: flaxzoo.extract(full, v, x, outputs), variables, x)
         for entry, fmap in zip(info, maps):
             assert fmap.shape[-1] == entry.channels, entry
             assert nominal_stride(size, fmap.shape[1]) == entry.reduction, (entry, size, fmap.shape)
-            if entry.tap == "output":
-                assert extracted[entry.layer].shape == fmap.shape, entry
+    # extract's shapes (at the odd size) are the backbone's: the same layers' outputs
+    extracted = jax.eval_shape(lambda v, x: flaxzoo.extract(full, v, x, outputs), variables, x)
+    for entry, fmap in zip(info, maps):
+        if entry.tap == "output":
+            assert extracted[entry.layer].shape == fmap.shape, entry
 
 
 @pytest.mark.parity
@@ -197,8 +199,9 @@ def test_param_groups_label_every_parameter_once_in_stage_order(name):
     assert used == set(GROUPS) - ({"stage4"} if name.startswith("vgg") else set())
     # along the weighted layers in Keras' order, the stages follow each other (an unnamed NASNet cell's
     # layers may be listed among the next cell's; Keras orders by depth)
-    groups = flaxzoo.layer_groups(model)
-    weighted = [groups[layer.name] for layer in flaxzoo.model_graph(model).weighted_layers]
+    graph = flaxzoo.model_graph(model)
+    groups = flaxzoo.layer_groups(model, graph)
+    weighted = [groups[layer.name] for layer in graph.weighted_layers]
     assert weighted[0] == "stem" and weighted[-1] == "head"
     firsts = [weighted.index(g) for g in GROUPS if g in used]
     assert firsts == sorted(firsts)

@@ -227,12 +227,19 @@ def default_stage_ends(graph: graph_lib.Graph, size: int) -> tuple[str, ...]:
     return tuple(last[s] for s in STRIDES if s in last)
 
 
-def stage_features(module: Application) -> tuple[graph_lib.FeatureInfo, ...]:
+def body_graph(module: Application) -> graph_lib.Graph:
+    """The graph of ``module`` without its top (the stages' model), traced at its input size."""
+    base = module.clone(include_top=False, pooling=None, feature_info=(), frozen=frozenset(), folded=frozenset())
+    return graph_lib.trace(base, (1, *(module.default_size if d is None else d for d in base.input_shape)))
+
+
+def stage_features(module: Application, body: graph_lib.Graph | None = None) -> tuple[graph_lib.FeatureInfo, ...]:
     """Every stage of ``module`` as :class:`~flaxzoo.graph.FeatureInfo` (any head: the stages are the no-top
-    model's), from an abstract trace at its input size (None dimensions: the default size). Nothing runs."""
+    model's), from an abstract trace at its input size (None dimensions: the default size). Nothing runs.
+    ``body``: :func:`body_graph` of ``module``, where the caller has it."""
     base = module.clone(include_top=False, pooling=None, feature_info=(), frozen=frozenset(), folded=frozenset())
     shape = (1, *(module.default_size if d is None else d for d in base.input_shape))
-    graph = graph_lib.trace(base, shape)
+    graph = body or body_graph(module)
     taps = [tap if isinstance(tap, tuple) else (tap, "output") for tap in base.feature_layers(graph)]
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     found = jax.eval_shape(lambda x: graph_lib.run_until(taps, lambda: base.init(rngs, x)), jnp.zeros(shape))
