@@ -27,6 +27,7 @@ from keras.src.applications import efficientnet as keras_efficientnet
 import flaxzoo
 from flaxzoo import layers, sharding, testing, train
 from flaxzoo.layers import CONSTANTS, Dropout
+from flaxzoo.models.common import FLAXZOO_KEYWORDS
 from flaxzoo.models.efficientnet import IMAGENET_STDDEV_RGB
 from flaxzoo.registry import WeightFile
 from flaxzoo.weights import count_params, keras_home, md5sum
@@ -61,8 +62,11 @@ def test_every_preset_is_registered_with_keras_file_names_and_hashes():
 def test_signature_is_keras(name):
     ours = inspect.signature(get_spec(name).constructor).parameters
     theirs = inspect.signature(kr.keras_constructor(get_spec(name))).parameters
-    assert [(p.name, p.default) for p in theirs.values()] == [(p.name, p.default) for p in ours.values()][:-1]
-    assert list(ours)[-1] == "seed"
+    keyword_only = {p.name: p.default for p in ours.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert [(p.name, p.default) for p in theirs.values()] == [
+        (p.name, p.default) for p in ours.values() if p.name not in keyword_only
+    ]
+    assert keyword_only == FLAXZOO_KEYWORDS  # seed, features_only, out_indices
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from flaxzoo import layers
 from flaxzoo.errors import WeightFileError
 from flaxzoo.graph import trace
 from flaxzoo.models import mobilenet_v3
+from flaxzoo.models.common import FLAXZOO_KEYWORDS
 from flaxzoo.registry import base_url
 from flaxzoo.weights import convert
 from flaxzoo.zoo import create_model, get_spec
@@ -310,7 +311,7 @@ def test_signature_is_keras():
         theirs = inspect.signature(keras_constructor(kind)).parameters
         ours = inspect.signature(spec.constructor).parameters
         keras_parameters = [(p.name, p.default) for p in theirs.values()]
-        assert [(p.name, p.default) for p in ours.values()] == [*keras_parameters, ("seed", 0)]
+        assert [(p.name, p.default) for p in ours.values()] == [*keras_parameters, *FLAXZOO_KEYWORDS.items()]
         assert "alpha=1" in spec.constructor.__doc__  # the int alpha Keras cannot load, documented as deliberate
 
 

@@ -382,6 +382,8 @@ HEAD_DEFAULTS = dict(
 )
 
 Arguments = dict  # a constructor call's arguments by name, defaults applied
+# flaxzoo's keyword-only arguments after Keras' own: the random seed, and a backbone (flaxzoo.features)
+FLAXZOO_KEYWORDS = {"seed": 0, "features_only": False, "out_indices": (1, 2, 3, 4)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,9 +414,7 @@ class Family:
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         params = [inspect.Parameter(arg, kind, default=defaults[arg]) for arg in self.arguments]
         keyword = inspect.Parameter.KEYWORD_ONLY
-        params.append(inspect.Parameter("seed", keyword, default=0))
-        params.append(inspect.Parameter("features_only", keyword, default=False))
-        params.append(inspect.Parameter("out_indices", keyword, default=(1, 2, 3, 4)))
+        params += [inspect.Parameter(arg, keyword, default=value) for arg, value in FLAXZOO_KEYWORDS.items()]
         return inspect.Signature(params)
 
 
