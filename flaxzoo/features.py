@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxzoo.graph import FeatureInfo, trace
+from flaxzoo.graph import FeatureInfo
 from flaxzoo.models import common as models_common
-from flaxzoo.models.common import Application, backbone, keep_variables, nominal_stride, stage_features
+from flaxzoo.models.common import Application, backbone, backbone_variables, nominal_stride, stage_features
 from flaxzoo.surgery import _plain, model_graph
 from flaxzoo.zoo import create_model
 
@@ -60,8 +60,7 @@ def features_only(model: Application, variables=None, out_indices: Sequence[int]
     module = backbone(model, out_indices)
     if variables is None:
         return module
-    shape = (1, *(module.default_size if d is None else d for d in module.input_shape))
-    return module, keep_variables(variables, trace(module, shape).variables)
+    return module, backbone_variables(module, variables)
 
 
 # ------------------------------------------------------------------------------------------------

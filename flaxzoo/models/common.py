@@ -266,6 +266,12 @@ def backbone(module: Application, out_indices: Sequence[int] = (1, 2, 3, 4)) -> 
     return module.clone(include_top=False, pooling=None, feature_info=tuple(stages[i] for i in out_indices))
 
 
+def backbone_variables(module: Application, variables: Mapping) -> dict:
+    """The part of a model's ``variables`` that backbone ``module`` runs (traced at its input size)."""
+    shape = (1, *(module.default_size if d is None else d for d in module.input_shape))
+    return keep_variables(variables, graph_lib.trace(module, shape).variables)
+
+
 def keep_variables(variables: Mapping, like: Mapping) -> dict:
     """The part of ``variables`` that ``like`` (a variable tree, abstract or not) has: a backbone's variables
     are those of the layers it runs."""
@@ -469,8 +475,7 @@ def build_backbone(spec: ModelSpec, arguments: Arguments, given: set, out_indice
         stages = backbone(build_application(spec, {**arguments, "weights": None})[0], out_indices).feature_info
     module, variables = build_application(spec, arguments, seed=seed)
     module = module.clone(feature_info=stages)  # the weights do not move stages (EfficientNet's std rescaling)
-    shape = (1, *(module.default_size if d is None else d for d in module.input_shape))
-    return module, keep_variables(variables, graph_lib.trace(module, shape).variables)
+    return module, backbone_variables(module, variables)
 
 
 def keras_constructor(spec: ModelSpec) -> Callable:
