@@ -13,6 +13,7 @@ from flaxzoo import image, imagenet_utils
 from flaxzoo.zoo import create_model, get_spec, list_models, mirror_modules, save_checkpoint, specs
 from flaxzoo.registry import ModelSpec
 from flaxzoo.inference import fold_batchnorm, predict_fn
+from flaxzoo.input_channels import InputChannelsAdapted, adapt_input_channels
 from flaxzoo.features import (
     FeatureInfo,
     feature_info,
@@ -44,7 +45,9 @@ globals().update(mirror_modules())  # flaxzoo.resnet, ... (also in sys.modules: 
 
 __all__ = [
     "__version__",
+    "adapt_input_channels",
     "FeatureInfo",
+    "InputChannelsAdapted",
     "ModelSpec",
     "TransferReport",
     "Truncated",

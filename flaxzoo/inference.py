@@ -93,9 +93,8 @@ def _epsilons(model: nn.Module, variables: dict) -> dict[str, float]:
             eps[context.module.name] = context.module.epsilon
         return next_fun(*args, **kwargs)
 
-    shape = (1, *(model.default_size if d is None else d for d in model.input_shape))
     with nn.intercept_methods(record):
-        jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+        jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(model.traced_shape, jnp.float32))
     return eps
 
 

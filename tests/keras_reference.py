@@ -360,3 +360,19 @@ def request(fn, expected=Requested, **kwargs) -> list[str]:
         with pytest.raises(expected):
             fn(**kwargs)
     return size_warnings(record)
+
+
+def error_of(fn, *args, **kwargs) -> str:
+    """The message of the ValueError ``fn(*args, **kwargs)`` raises (the test fails where it raises none)."""
+    with pytest.raises(ValueError) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+def assert_raises_as_keras(ours, keras_constructor, **kwargs) -> None:
+    """flaxzoo's constructor raises Keras' ValueError, message included, before any warning (as Keras does)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these gets as far as a warning
+        mine = error_of(ours, **kwargs)
+    keras.backend.clear_session()
+    assert mine == error_of(keras_constructor, **kwargs)

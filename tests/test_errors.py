@@ -13,6 +13,7 @@ from flaxzoo.errors import CheckpointError, WeightFileError
 from flaxzoo.zoo import create_model, get_spec, list_models
 
 import keras_reference as kr
+from keras_reference import error_of
 import tiers
 
 MODELS = list_models()
@@ -53,11 +54,6 @@ ERROR_CASES = [
     and (c not in OWN_INPUT_CHECKS or checks_input_shape_like_imagenet_utils(n))
 ]
 
-
-def error_of(fn, **kwargs) -> str:
-    with pytest.raises(ValueError) as info:
-        fn(**kwargs)
-    return str(info.value)
 
 
 @pytest.mark.parametrize("name, case", ERROR_CASES)

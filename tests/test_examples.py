@@ -1,5 +1,6 @@
-"""The five examples of the Keras applications documentation (examples/) run offline, on weights the test
-writes (random flaxzoo checkpoints) and tiny data; the fine-tuning example's loss goes down."""
+"""The examples (examples/: the five of the Keras applications documentation, and a segmentation head on a
+backbone) run offline, on weights the test writes (random flaxzoo checkpoints) and tiny data; the training
+examples' loss goes down."""
 
 import importlib.util
 import sys
@@ -85,6 +86,17 @@ def test_example_inception_v3_custom_input_tensor(tmp_path, name):
     assert preds.shape == (1, 1000)
     # the softmax's normaliser and this sum each add 1000 float32 terms
     np.testing.assert_allclose(np.asarray(preds).sum(), 1.0, rtol=2 * tolerances.gamma(1000))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2"])
+def test_example_segmentation_backbone_loss_goes_down(tmp_path, name, capsys):
+    weights = random_checkpoint(tmp_path, name, include_top=False, alpha=0.35)
+    argv = ["--weights", weights, "--alpha", "0.35", "--image-size", "64", "--images", "16", "--steps", "12"]
+    losses, accuracy = example("segmentation_backbone").main(argv)
+    assert np.mean(losses[-3:]) < losses[0] and 0 <= accuracy <= 1
+    out = capsys.readouterr().out
+    assert "stride 4: 48 (block_3_expand_relu)" in out and "stride 32: 1280 (out_relu)" in out
+    assert "left as initialised (12)" in out  # the head: four laterals, the smoothing and logits convolutions
 
 
 def test_every_example_is_tested_and_documented():

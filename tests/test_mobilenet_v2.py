@@ -26,6 +26,7 @@ from flaxzoo.weights.convert import _slots
 from flaxzoo.zoo import create_model, get_spec
 
 import keras_reference as kr
+from keras_reference import error_of
 import tolerances
 from test_parity import flax_apply
 
@@ -134,11 +135,6 @@ def test_odd_sizes_pad_as_same_like_keras_static_graph():
 # ------------------------------------------------------------------------------------------------
 
 
-def error_of(fn, **kwargs) -> str:
-    with pytest.raises(ValueError) as info:
-        fn(**kwargs)
-    return str(info.value)
-
 
 ERROR_CASES = {
     "imagenet_alpha": dict(alpha=0.3),
@@ -157,12 +153,7 @@ ERROR_CASES = {
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_errors_match_keras(case):
-    kwargs = ERROR_CASES[case]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # none of these gets as far as the warning
-        ours = error_of(flaxzoo.MobileNetV2, **kwargs)
-    keras.backend.clear_session()
-    assert ours == error_of(keras.applications.MobileNetV2, **kwargs)
+    kr.assert_raises_as_keras(flaxzoo.MobileNetV2, keras.applications.MobileNetV2, **ERROR_CASES[case])
 
 
 def test_input_tensor_width_must_equal_input_shape_like_keras():

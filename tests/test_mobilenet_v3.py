@@ -32,9 +32,9 @@ from flaxzoo.weights import convert
 from flaxzoo.zoo import create_model, get_spec
 
 import keras_reference as kr
+from keras_reference import error_of
 import test_mobilenet_v2
 import tolerances
-from test_mobilenet_v2 import error_of
 from test_parity import flax_apply
 
 # MobileNetV2's fixture, by name: both weight resolvers patched to load nothing

@@ -19,6 +19,7 @@ from flaxzoo.registry import WeightFile
 from flaxzoo.weights import count_params, keras_home, md5sum
 
 import keras_reference as kr
+from keras_reference import error_of
 from test_parity import assert_features_close, flax_apply
 
 
@@ -74,11 +75,6 @@ def test_nasnet_large_notop_imagenet_without_input_shape(monkeypatch):
     with pytest.raises(ValueError, match="Model expected 526 layers, found 532 saved layers"):
         keras.applications.NASNetLarge(include_top=False, weights=str(source))
 
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(ValueError) as info:
-        fn(*args, **kwargs)
-    return str(info.value)
 
 
 ERROR_CASES = {

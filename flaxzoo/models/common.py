@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from flaxzoo import graph as graph_lib
 from flaxzoo.errors import InputError
+from flaxzoo.input_channels import RGB, adapt_channels, adapt_input_channels
 from flaxzoo.layers import (
     Dense,
     GlobalAveragePooling2D,
@@ -166,18 +167,41 @@ class Application(nn.Module):
     # stopping after the last (see flaxzoo.features). Empty: the model's own output.
     feature_info: tuple[graph_lib.FeatureInfo, ...] = ()
 
+    # adapt_input_channels: the input channels of the pretrained model whose first convolution this one's was
+    # adapted from (flaxzoo.input_channels); its in-model preprocessing keeps the pretrained model's, per channel
+    pretrained_channels: int | None = None
+
     # The Keras layers that end the stages, where a family names them once for all its presets (see feature_layers)
     stage_ends: ClassVar[tuple[str, ...] | None] = None
 
+    @property
+    def traced_shape(self) -> tuple[int, ...]:
+        """A batch of one image of the input shape, None dimensions at the default size: where it is traced."""
+        return (1, *(self.default_size if d is None else d for d in self.input_shape))
+
+    @property
+    def rgb_input(self) -> bool:
+        """The input is RGB or stands for it (adapted from RGB): Keras' condition for ImageNet's per-channel
+        normalization inside EfficientNetV2 B0-B3 and ConvNeXt."""
+        return self.input_shape[-1] == RGB or self.pretrained_channels == RGB
+
+    @nn.nowrap
+    def per_channel(self, rgb_constants: Sequence[float]) -> tuple[float, ...]:
+        """Per-RGB-channel constants of in-model preprocessing for the input channels: as given, or adapted as
+        the first convolution's kernel was (flaxzoo.input_channels)."""
+        if self.pretrained_channels is None:
+            return tuple(rgb_constants)
+        return tuple(adapt_channels(rgb_constants, self.input_shape[-1], kernel=False).tolist())
+
     @nn.nowrap
     def feature_layers(self, graph: graph_lib.Graph) -> tuple[str | graph_lib.Tap, ...]:
-        """The Keras layers that end the stages, by stride, given the no-top graph at the default size: each a
+        """The Keras layers that end the stages, by stride, given the no-top graph (at the input size): each a
         layer name (its output) or a ``(name, "input")`` tap. By default, at each stride the last layer that is
         not a padding: the activation after a stage, where the next stage starts with a strided convolution
         (ResNet's ``conv2_block3_out``, MobileNetV2's ``block_3_expand_relu``). Families whose stages end
         otherwise (Keras' layer order, or pre-activation) name theirs: ``stage_ends``, or this method where the
         names depend on the preset."""
-        return self.stage_ends or default_stage_ends(graph, self.default_size)
+        return self.stage_ends or default_stage_ends(graph)
 
     def __init_subclass__(cls, **kwargs):
         # Every model's __call__ checks its input (see check_input): wrapped here, before Flax wraps it,
@@ -218,8 +242,9 @@ def nominal_stride(size: int, height: int) -> int:
     return 2 ** round(np.log2(size / height))
 
 
-def default_stage_ends(graph: graph_lib.Graph, size: int) -> tuple[str, ...]:
+def default_stage_ends(graph: graph_lib.Graph) -> tuple[str, ...]:
     """At each stride of :data:`STRIDES`, the last layer in Keras' order (no padding) with a feature map at it."""
+    size = graph.layers[0].output_shape[1]  # the input layer's: the graph's size
     last = {}
     for layer in graph.layers:
         if len(layer.output_shape) == 4 and layer.keras_class not in _NOT_STAGE_ENDS:
@@ -227,18 +252,21 @@ def default_stage_ends(graph: graph_lib.Graph, size: int) -> tuple[str, ...]:
     return tuple(last[s] for s in STRIDES if s in last)
 
 
+def _body(module: Application) -> Application:
+    """``module`` without its top, as built: the model its stages are the layers of."""
+    return module.clone(include_top=False, pooling=None, feature_info=(), frozen=frozenset(), folded=frozenset())
+
+
 def body_graph(module: Application) -> graph_lib.Graph:
     """The graph of ``module`` without its top (the stages' model), traced at its input size."""
-    base = module.clone(include_top=False, pooling=None, feature_info=(), frozen=frozenset(), folded=frozenset())
-    return graph_lib.trace(base, (1, *(module.default_size if d is None else d for d in base.input_shape)))
+    return graph_lib.trace(_body(module), module.traced_shape)
 
 
 def stage_features(module: Application, body: graph_lib.Graph | None = None) -> tuple[graph_lib.FeatureInfo, ...]:
     """Every stage of ``module`` as :class:`~flaxzoo.graph.FeatureInfo` (any head: the stages are the no-top
     model's), from an abstract trace at its input size (None dimensions: the default size). Nothing runs.
     ``body``: :func:`body_graph` of ``module``, where the caller has it."""
-    base = module.clone(include_top=False, pooling=None, feature_info=(), frozen=frozenset(), folded=frozenset())
-    shape = (1, *(module.default_size if d is None else d for d in base.input_shape))
+    base, shape = _body(module), module.traced_shape
     graph = body or body_graph(module)
     taps = [tap if isinstance(tap, tuple) else (tap, "output") for tap in base.feature_layers(graph)]
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
@@ -268,8 +296,7 @@ def backbone(module: Application, out_indices: Sequence[int] = (1, 2, 3, 4)) -> 
 
 def backbone_variables(module: Application, variables: Mapping) -> dict:
     """The part of a model's ``variables`` that backbone ``module`` runs (traced at its input size)."""
-    shape = (1, *(module.default_size if d is None else d for d in module.input_shape))
-    return keep_variables(variables, graph_lib.trace(module, shape).variables)
+    return keep_variables(variables, graph_lib.trace(module, module.traced_shape).variables)
 
 
 def keep_variables(variables: Mapping, like: Mapping) -> dict:
@@ -388,8 +415,9 @@ HEAD_DEFAULTS = dict(
 )
 
 Arguments = dict  # a constructor call's arguments by name, defaults applied
-# flaxzoo's keyword-only arguments after Keras' own: the random seed, and a backbone (flaxzoo.features)
-FLAXZOO_KEYWORDS = {"seed": 0, "features_only": False, "out_indices": (1, 2, 3, 4)}
+# flaxzoo's keyword-only arguments after Keras' own: the random seed, a backbone (flaxzoo.features), and
+# pretrained RGB weights on other channel counts (flaxzoo.input_channels)
+FLAXZOO_KEYWORDS = {"seed": 0, "features_only": False, "out_indices": (1, 2, 3, 4), "adapt_input_channels": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,10 +452,14 @@ class Family:
         return inspect.Signature(params)
 
 
-def build_application(spec: ModelSpec, arguments: Arguments, *, seed: int = 0):
+def build_application(spec: ModelSpec, arguments: Arguments, *, seed: int = 0, adapt_input_channels: bool = False):
     """Keras' constructor sequence for ``spec`` called with ``arguments``: check the arguments (Keras' errors,
     in Keras' order), build the module, then load or initialise its variables. Keras' unexported generic
-    builders (``DenseNet(blocks)``, ``NASNet(...)``) pass a spec with their own ``config``."""
+    builders (``DenseNet(blocks)``, ``NASNet(...)``) pass a spec with their own ``config``.
+    ``adapt_input_channels``: the RGB model, checked, built and loaded as Keras would, then adapted to the
+    input's channels (flaxzoo.input_channels)."""
+    if adapt_input_channels:
+        return _adapted_application(spec, arguments, seed)
     family: Family = spec.family
     a = dict(arguments)
     weights, include_top = a["weights"], a["include_top"]
@@ -460,7 +492,31 @@ def build_application(spec: ModelSpec, arguments: Arguments, *, seed: int = 0):
     return instantiate(spec, module, weights=weights, seed=seed, variant=variant)
 
 
-def build_backbone(spec: ModelSpec, arguments: Arguments, given: set, out_indices, *, seed: int = 0):
+def _channels(arguments: Arguments) -> int:
+    """The input channels a constructor call asks for (``input_tensor``'s, else ``input_shape``'s; RGB by default)."""
+    shape = getattr(arguments["input_tensor"], "shape", None) or arguments["input_shape"]
+    return int(shape[-1]) if shape is not None and len(shape) in (3, 4) and shape[-1] is not None else RGB
+
+
+def _adapted_application(spec: ModelSpec, arguments: Arguments, seed: int):
+    channels = _channels(arguments)
+    rgb = dict(arguments)
+    if arguments["input_shape"] is not None and len(arguments["input_shape"]) == 3:
+        rgb["input_shape"] = (*tuple(arguments["input_shape"])[:2], RGB)
+    if arguments["input_tensor"] is not None:
+        tensor = arguments["input_tensor"]
+        rgb["input_tensor"] = jax.ShapeDtypeStruct((*tuple(tensor.shape)[:-1], RGB), tensor.dtype)
+    if rgb["weights"] is not None:  # the pretrained model, loaded as published, then adapted
+        return adapt_input_channels(*build_application(spec, rgb, seed=seed), channels)
+    with abstract_variables():  # Keras' checks, as for RGB; the adapted model's own variables from ``seed``
+        module, _ = build_application(spec, rgb, seed=seed)
+    adapted = module.clone(input_shape=(*module.input_shape[:2], channels), pretrained_channels=RGB)
+    return instantiate(spec, adapted, weights=None, seed=seed)
+
+
+def build_backbone(
+    spec: ModelSpec, arguments: Arguments, given: set, out_indices, *, seed: int = 0, adapt_input_channels: bool = False
+):
     """``features_only=True``: the no-top model (its weights: Keras' no-top file) as a :func:`backbone`, with
     the variables of the layers up to the last stage asked for."""
     if arguments["include_top"] and "include_top" in given:
@@ -472,8 +528,9 @@ def build_backbone(spec: ModelSpec, arguments: Arguments, given: set, out_indice
         )
     arguments = {**arguments, "include_top": False}
     with abstract_variables():  # the stages found (and checked) before any weight is built or read
-        stages = backbone(build_application(spec, {**arguments, "weights": None})[0], out_indices).feature_info
-    module, variables = build_application(spec, arguments, seed=seed)
+        rough = build_application(spec, {**arguments, "weights": None}, adapt_input_channels=adapt_input_channels)[0]
+        stages = backbone(rough, out_indices).feature_info
+    module, variables = build_application(spec, arguments, seed=seed, adapt_input_channels=adapt_input_channels)
     module = module.clone(feature_info=stages)  # the weights do not move stages (EfficientNet's std rescaling)
     return module, backbone_variables(module, variables)
 
@@ -491,12 +548,12 @@ def keras_constructor(spec: ModelSpec) -> Callable:
         given = set(bound.arguments)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        seed, features_only, out_indices = (arguments.pop(k) for k in ("seed", "features_only", "out_indices"))
+        seed, features_only, out_indices, adapt = (arguments.pop(k) for k in FLAXZOO_KEYWORDS)
         if not features_only:
             if "out_indices" in given:
                 raise ValueError(f"{spec.keras_name}(): out_indices={out_indices!r} needs features_only=True")
-            return build_application(spec, arguments, seed=seed)
-        return build_backbone(spec, arguments, given, out_indices, seed=seed)
+            return build_application(spec, arguments, seed=seed, adapt_input_channels=adapt)
+        return build_backbone(spec, arguments, given, out_indices, seed=seed, adapt_input_channels=adapt)
 
     constructor.__name__ = constructor.__qualname__ = spec.keras_name
     constructor.__module__ = spec.module
@@ -588,7 +645,7 @@ def instantiate(
     input shape (None dimensions traced at its default size). ``variant`` names the file for "imagenet"."""
     if module.min_size != spec.min_size:
         module = module.clone(min_size=spec.min_size)
-    concrete = (1, *(module.default_size if d is None else d for d in module.input_shape))
+    concrete = module.traced_shape
     if weights is None:
         rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
         x = jnp.zeros(concrete, jnp.float32)

@@ -121,8 +121,9 @@ class ConvNeXtModule(Application):
     def __call__(self, x, train: bool = False):
         name, auto = self.model_name or self.name, AutoNames()
         x = InputLayer(name="input_layer")(x)
-        if self.include_preprocessing and x.shape[-1] == 3:
-            x = Normalization(mean=MEAN, variance=VARIANCE, name=f"{name}_prestem_normalization")(x)
+        if self.include_preprocessing and self.rgb_input:
+            mean, variance = self.per_channel(MEAN), self.per_channel(VARIANCE)
+            x = Normalization(mean=mean, variance=variance, name=f"{name}_prestem_normalization")(x)
         rates = iter(np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist())
         for stage, (depth, dim) in enumerate(zip(self.depths, self.projection_dims)):
             if stage == 0:

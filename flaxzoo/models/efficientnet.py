@@ -189,7 +189,7 @@ class EfficientNetModule(ScaledApplication):
         x = Rescaling(1.0 / 255.0, name=auto(Rescaling))(x)
         x = Normalization(axis=3, name=auto(Normalization))(x)
         if self.weights == "imagenet":
-            x = Rescaling([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], name=auto(Rescaling))(x)
+            x = Rescaling(self.per_channel([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB]), name=auto(Rescaling))(x)
         x = ZeroPadding2D(correct_pad(x, 3), name="stem_conv_pad")(x)
         x = conv_bn(x, self.round_filters(32), 3, train, name="stem", strides=2, padding="valid", activation=self.activation)
 

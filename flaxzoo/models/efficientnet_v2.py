@@ -101,10 +101,10 @@ class EfficientNetV2Module(ScaledApplication):
         auto = AutoNames()
         x = InputLayer(name="input_layer")(x)
         if self.include_preprocessing:
-            if self.imagenet_normalization and self.input_shape[-1] == 3:
+            if self.imagenet_normalization and self.rgb_input:
                 x = Rescaling(1.0 / 255, name=auto(Rescaling))(x)
-                variance = [s**2 for s in IMAGENET_STDDEV_RGB]
-                x = Normalization(axis=3, mean=IMAGENET_MEAN_RGB, variance=variance, name=auto(Normalization))(x)
+                mean, variance = self.per_channel(IMAGENET_MEAN_RGB), self.per_channel([s**2 for s in IMAGENET_STDDEV_RGB])
+                x = Normalization(axis=3, mean=mean, variance=variance, name=auto(Normalization))(x)
             else:
                 x = Rescaling(1.0 / 128.0, offset=-1, name=auto(Rescaling))(x)
         momentum, activation = self.bn_momentum, self.activation

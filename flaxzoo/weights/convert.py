@@ -33,6 +33,13 @@ def is_auto_named(layer: LayerInfo) -> bool:
     return re.fullmatch(rf"{snake_case(layer.keras_class)}(_\d+)?", layer.name) is not None
 
 
+def _channels_hint(found, expected) -> str:
+    # an RGB file's first kernel in a model on other channel counts: the opt-in adaptation
+    if len(found) == 4 and found[2] == 3 and tuple(found[:2]) + tuple(found[3:]) == tuple(expected[:2]) + tuple(expected[3:]):
+        return f". The file is for RGB input: adapt_input_channels=True adapts it to {expected[2]} channel(s)"
+    return ""
+
+
 def _first_difference(file_layers: list[str], model_layers) -> str:
     """Where two weighted-layer lists part, for a count mismatch (positions of auto-named layers match any name)."""
     for k, (file_name, layer) in enumerate(zip(file_layers, model_layers)):
@@ -144,6 +151,7 @@ def convert_h5(
                     raise WeightFileError(
                         f"{path}: layer {file_name!r}: weight {weight_name!r} has shape {tuple(array.shape)}, "
                         f"the model's {'/'.join(var_path)}/{var} has shape {tuple(expected.shape)}"
+                        + _channels_hint(array.shape, expected.shape)
                     )
                 value = _as_model_dtype(path, file_name, weight_name, array, expected.dtype)
                 _place(variables, col, var_path, var, value)
