@@ -369,14 +369,16 @@ def test_keras_cache_file_with_a_wrong_md5_is_ignored_and_left_untouched(server,
     assert checkpoint.read_metadata(vgg16_cache())["source"]["md5"] == md5
 
 
-def test_our_own_cached_download_with_a_wrong_md5_is_replaced(server):
+@pytest.mark.parametrize("digest", ["md5", "sha256"])
+def test_our_own_cached_download_with_a_wrong_digest_is_replaced(server, digest):
     body = b"the right contents"
     server.files["/some/file.bin"] = body
     stale = flaxzoo_home() / "downloads" / "file.bin"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"stale contents")
 
-    path = get_file("file.bin", server.url + "/some/file.bin", md5_of(body), progress=False)
+    expected = {"md5": md5_of(body)} if digest == "md5" else {"sha256": hashlib.sha256(body).hexdigest()}
+    path = get_file("file.bin", server.url + "/some/file.bin", **expected, progress=False)
     assert path == stale and path.read_bytes() == body
     assert server.requests["/some/file.bin"] == 1
 
@@ -402,16 +404,6 @@ def test_sha256_published_files_are_verified_cached_and_converted_by_their_sha25
     server.stop()  # the cache entry is recognised by its sha256: no request, no .h5 needed
     (flaxzoo_home() / "downloads" / wf.fname).unlink()
     vgg16_imagenet()
-
-
-def test_sha256_of_a_cached_download_is_checked(server):
-    body = b"the right contents"
-    server.files["/some/file.bin"] = body
-    stale = flaxzoo_home() / "downloads" / "file.bin"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"stale contents")
-    path = get_file("file.bin", server.url + "/some/file.bin", sha256=hashlib.sha256(body).hexdigest(), progress=False)
-    assert path.read_bytes() == body and server.requests["/some/file.bin"] == 1
 
 
 # ------------------------------------------------------------------------------------------------
