@@ -102,12 +102,11 @@ def adapt_input_channels(model, variables: Mapping, channels: int):
     height, width, found = model.input_shape
     if found != RGB:
         raise ValueError(f"adapt_input_channels adapts a model on {RGB} input channels; this one takes {found}")
-    name = model.model_name or type(model).__name__
-    shape = model.traced_shape
-    constants, (conv, kernel_path) = input_layers(graph_lib.trace(model.clone(feature_info=()), shape))
     adapted = model.clone(input_shape=(height, width, channels), pretrained_channels=RGB)
     if channels == RGB:
         return adapted, dict(variables)
+    name = model.model_name or type(model).__name__
+    constants, (conv, kernel_path) = input_layers(graph_lib.trace(model.clone(feature_info=()), model.traced_shape))
     variables = dict(variables)
     variables["params"] = _replace(variables["params"], kernel_path, lambda k: _adapted(k, channels, kernel=True))
     for _, path in constants:

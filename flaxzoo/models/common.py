@@ -267,7 +267,7 @@ def stage_features(module: Application, body: graph_lib.Graph | None = None) -> 
     model's), from an abstract trace at its input size (None dimensions: the default size). Nothing runs.
     ``body``: :func:`body_graph` of ``module``, where the caller has it."""
     base, shape = _body(module), module.traced_shape
-    graph = body or body_graph(module)
+    graph = body or graph_lib.trace(base, shape)
     taps = [tap if isinstance(tap, tuple) else (tap, "output") for tap in base.feature_layers(graph)]
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     found = jax.eval_shape(lambda x: graph_lib.run_until(taps, lambda: base.init(rngs, x)), jnp.zeros(shape))
