@@ -1,4 +1,5 @@
-"""Weight loading: restoring ResNet50 from the flaxzoo (orbax) cache against converting its Keras .h5,
+"""Weight loading: restoring ResNet50 from the flaxzoo (orbax) cache and from a .safetensors file against
+converting its Keras .h5,
 and the peak memory of converting a VGG16-sized file (the converter streams layer by layer), and with
 ``--large convnext_xlarge`` a 1.4 GB one (its no-top file).
 
@@ -72,6 +73,7 @@ def main(repeats: int = 5, large: str | None = None):
         tmp = Path(tmp)
         h5 = write_h5("resnet50", True, tmp / "resnet50.h5")
         ckpt = convert_to_checkpoint(get_spec("resnet50"), h5, tmp / "resnet50_ckpt")["path"]
+        st = convert_to_checkpoint(get_spec("resnet50"), h5, tmp / "resnet50.safetensors", format="safetensors")["path"]
         vgg = write_h5("vgg16", True, tmp / "vgg16.h5")
         # The builders' memory released before the children start (and peak RSS read as VmHWM: ru_maxrss
         # would carry a forking parent's high-water mark into the child).
@@ -79,12 +81,14 @@ def main(repeats: int = 5, large: str | None = None):
 
         keras.backend.clear_session()
         os.sync()
-        h5_runs, ckpt_runs = [], []
-        for _ in range(repeats):  # alternating, so that both see the same machine
+        h5_runs, ckpt_runs, st_runs = [], [], []
+        for _ in range(repeats):  # alternating, so that all see the same machine
             h5_runs.append(measure("resnet50", str(h5), True))
             ckpt_runs.append(measure("resnet50", ckpt, True))
+            st_runs.append(measure("resnet50", st, True))
         median = lambda runs: dict(sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2], repeats=len(runs))  # noqa: E731
         rows["resnet50_from_h5"], rows["resnet50_from_orbax"] = median(h5_runs), median(ckpt_runs)
+        rows["resnet50_from_safetensors"] = median(st_runs)
         rows["resnet50_speedup"] = rows["resnet50_from_h5"]["seconds"] / rows["resnet50_from_orbax"]["seconds"]
         rows["vgg16_from_h5"] = dict(measure("vgg16", str(vgg), True), file_mb=vgg.stat().st_size / 2**20)
         if large:
@@ -95,10 +99,12 @@ def main(repeats: int = 5, large: str | None = None):
     out.mkdir(exist_ok=True)
     (out / "weights.json").write_text(json.dumps(rows, indent=1))
     r, o, v = rows["resnet50_from_h5"], rows["resnet50_from_orbax"], rows["vgg16_from_h5"]
+    s = rows["resnet50_from_safetensors"]
     table = "\n".join([
         "| step | seconds | peak RSS MB |", "|---|---:|---:|",
         f"| ResNet50 from .h5 (convert; median of {r['repeats']}) | {r['seconds']:.3f} | {r['peak_rss_mb']:.0f} |",
         f"| ResNet50 from the orbax cache (median of {o['repeats']}) | {o['seconds']:.3f} | {o['peak_rss_mb']:.0f} |",
+        f"| ResNet50 from a .safetensors file (median of {s['repeats']}) | {s['seconds']:.3f} | {s['peak_rss_mb']:.0f} |",
         f"| VGG16 top from .h5 ({v['file_mb']:.0f} MB file) | {v['seconds']:.2f} | {v['peak_rss_mb']:.0f} (before: {v['rss_before_mb']:.0f}) |",
         "", f"Restoring ResNet50 from the cache is {rows['resnet50_speedup']:.1f}x faster than converting the .h5.",
     ])  # fmt: skip

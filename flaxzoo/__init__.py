@@ -10,7 +10,7 @@ made from the registry (:mod:`flaxzoo.zoo`), so a model file is all a new model 
 
 from flaxzoo._version import __version__
 from flaxzoo import image, imagenet_utils
-from flaxzoo.zoo import create_model, get_spec, list_models, mirror_modules, save_checkpoint, specs
+from flaxzoo.zoo import create_model, get_spec, list_models, mirror_modules, save_checkpoint, save_safetensors, specs
 from flaxzoo.registry import ModelSpec
 from flaxzoo.inference import fold_batchnorm, predict_fn
 from flaxzoo.input_channels import InputChannelsAdapted, adapt_input_channels
@@ -38,6 +38,17 @@ from flaxzoo.surgery import (
     trainable_mask,
     truncate,
 )
+
+
+
+def __getattr__(name: str):
+    # flaxzoo.export (jax.export, jax2onnx) and flaxzoo.nnx (flax.nnx) load on first use
+    if name in ("export", "nnx"):
+        import importlib
+
+        return importlib.import_module(f"flaxzoo.{name}")
+    raise AttributeError(f"module 'flaxzoo' has no attribute {name!r}")
+
 
 _CONSTRUCTORS = {spec.keras_name: spec.constructor for spec in specs()}
 globals().update(_CONSTRUCTORS)
@@ -73,6 +84,7 @@ __all__ = [
     "param_groups",
     "predict_fn",
     "save_checkpoint",
+    "save_safetensors",
     "summary",
     "trainable_mask",
     "truncate",

@@ -6,6 +6,7 @@
     flaxzoo info resnet50
     flaxzoo summary inception_v3 [--notop] [--pooling avg] [--input-shape 224,224,3] [--freeze-until mixed8]
     flaxzoo finetune --model mobilenet --data train/ --val-data val/ --freeze-until conv_pw_13_relu --epochs 5
+    flaxzoo export --model resnet50 --format onnx --out resnet50.onnx [--dynamic-batch] [--notop --pooling avg]
 
 Errors (every ``ValueError``, flaxzoo's own errors included, and unreadable files) are reported as one
 ``flaxzoo: error: <message>`` line on stderr with exit status 2. This module is argparse and printing
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 from flaxzoo.registry import ModelSpec
 from flaxzoo.zoo import (
+    CONVERT_FORMATS,
     VARIANTS,
     build_model,
     classify,
@@ -129,7 +131,7 @@ def cmd_predict(args) -> None:
 
 def cmd_convert(args) -> None:
     spec = get_spec(args.model)
-    info = convert_to_checkpoint(spec, args.h5, args.out, args.variant)
+    info = convert_to_checkpoint(spec, args.h5, args.out, args.variant, format=args.format)
     print(
         f"converted {spec.name} ({info['variant']}): {info['params']:,} params from {info['source']['file']} "
         f"(md5 {info['source']['md5']}) -> {info['path']}"
@@ -176,6 +178,51 @@ def cmd_summary(args) -> None:
     if args.freeze_until is not None:
         model = freeze(model, parse_frozen(args.freeze_until))
     summary(model)
+
+
+def parse_model_args(spec: ModelSpec, pairs: Sequence[str]) -> dict:
+    """``--arg key=value`` pairs → constructor keyword arguments; values as Python literals (``alpha=0.75``,
+    ``minimalistic=True``), else strings. Each key must be an argument of the model's constructor."""
+    import ast
+    import inspect
+
+    accepted = list(inspect.signature(spec.constructor).parameters)
+    kwargs = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--arg {pair!r}: expected key=value, such as alpha=0.75")
+        if key not in accepted:
+            raise ValueError(f"--arg {key}: {spec.keras_name} takes no argument {key!r}; it takes {', '.join(accepted)}")
+        try:
+            kwargs[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key] = text
+    return kwargs
+
+
+def cmd_export(args) -> None:
+    from flaxzoo.export import SUFFIXES, export
+
+    spec = get_spec(args.model)
+    kwargs = dict(include_top=not args.notop, pooling=args.pooling, **parse_model_args(spec, args.arg))
+    if args.classes is not None:
+        kwargs["classes"] = args.classes
+    if args.input_shape:
+        shape = parse_input_shape(args.input_shape)
+        kwargs["input_shape"] = shape if len(shape) == 3 else (*shape, 3)
+    weights = None if args.weights.lower() == "none" else check_weights(args.weights)
+    fmt = args.format or next((f for f, suffix in SUFFIXES.items() if args.out.endswith(suffix)), None)
+    if fmt is None:
+        raise ValueError(f"--out {args.out}: give --format (onnx or stablehlo), or a .onnx or .stablehlo name")
+    if os.path.exists(args.out):
+        raise ValueError(f"{args.out}: already exists; not overwriting (remove it or choose another --out)")
+    model, variables = spec.constructor(weights=weights, **kwargs)
+    batch = None if args.dynamic_batch else args.batch
+    path = export(model, variables, args.out, format=fmt, batch=batch, fold_bn=args.fold_bn)
+    _, h, w, c = model.traced_shape
+    print(f"exported {spec.name} as {fmt}: input ({'B' if batch is None else batch}, {h}, {w}, {c}) float32 -> {path}")
 
 
 def cmd_finetune(args) -> None:
@@ -228,8 +275,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a Keras legacy .h5 weights file into a flaxzoo checkpoint")
     p.add_argument("--model", required=True, help="registry or Keras name")
     p.add_argument("--h5", required=True, metavar="FILE", help="Keras legacy .h5 weights file")
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to create (must not exist)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="checkpoint directory (or .safetensors file) to create; must not exist")  # fmt: skip
     p.add_argument("--variant", choices=VARIANTS, help="with or without the classifier (default: from the file)")
+    p.add_argument("--format", choices=CONVERT_FORMATS, default="checkpoint",
+                   help="a flaxzoo (orbax) checkpoint directory (default) or one .safetensors file")  # fmt: skip
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("list", help="the registered models")
@@ -249,6 +299,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-until", metavar="LAYER|N",
                    help="count the first N layers, or those up to and including LAYER, as non-trainable")  # fmt: skip
     p.set_defaults(func=cmd_summary)
+
+    from flaxzoo.export import FORMATS as EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="export a model with its weights as ONNX or StableHLO")
+    p.add_argument("--model", required=True, help="registry or Keras name")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (default), 'none' (random), a Keras .h5, a checkpoint or a .safetensors file")  # fmt: skip
+    p.add_argument("--format", choices=EXPORT_FORMATS, help="default: from the --out suffix (.onnx, .stablehlo)")
+    p.add_argument("--out", required=True, metavar="PATH", help="the file to write (must not exist)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="any batch size")
+    p.add_argument("--input-shape", metavar="H,W[,C]", help="Keras' input_shape, e.g. 160,160 (default: the model's)")
+    p.add_argument("--notop", action="store_true", help="without the classifier (include_top=False)")
+    p.add_argument("--pooling", choices=("avg", "max"), help="global pooling of a --notop model")
+    p.add_argument("--classes", type=int, help="classifier classes (with --weights none or a matching file)")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other constructor argument, e.g. --arg alpha=0.75 --arg minimalistic=True")  # fmt: skip
+    p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the convolutions (smaller graph)")
+    p.set_defaults(func=cmd_export)
 
     from flaxzoo.train.state import OPTIMIZERS
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from flaxzoo.layers import KerasLayer
+from flaxzoo.layers import KerasLayer, shapes_only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,8 +223,27 @@ def keras_order(inbound: Mapping[str, Sequence[str]], output: str) -> list[str]:
     return sorted(index, key=lambda n: (-depth[n], index[n]))
 
 
+_TRACES: dict[str, Graph] = {}  # by structure key, most recently used last
+KEEP_TRACES = 16
+
+
 def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph:
-    """Trace ``module`` on an input of ``input_shape`` (batch included) without computing anything."""
+    """Trace ``module`` on an input of ``input_shape`` (batch included) without computing anything. The
+    graphs of the last :data:`KEEP_TRACES` structures are kept (``layer_names``, ``get_layer``, ``freeze``
+    ... trace the same model again and again; NASNetLarge takes seconds)."""
+    key = structure_key(module, input_shape, **call_kwargs)
+    if key is not None and key in _TRACES:
+        _TRACES[key] = _TRACES.pop(key)
+        return _TRACES[key]
+    graph = _trace(module, input_shape, key, **call_kwargs)
+    if key is not None:
+        _TRACES[key] = graph
+        while len(_TRACES) > KEEP_TRACES:
+            del _TRACES[next(iter(_TRACES))]
+    return graph
+
+
+def _trace(module: nn.Module, input_shape: Sequence[int], key: str | None, **call_kwargs) -> Graph:
     recorder = _Recorder()
 
     def init():
@@ -236,7 +255,8 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
         recorder.output = recorder.producer[id(jax.tree_util.tree_leaves(out)[-1])]
         return variables
 
-    variables = jax.eval_shape(init)
+    with shapes_only():
+        variables = jax.eval_shape(init)
     by_name = {}
     for name, layer_type, inbound, shape, macs, path, sublayers in recorder.records:
         if name in by_name:
@@ -246,7 +266,6 @@ def trace(module: nn.Module, input_shape: Sequence[int], **call_kwargs) -> Graph
     # and lists the layers only; a layer after an operation names it as its inbound, as in Keras.
     order = keras_order({n: info.inbound for n, info in by_name.items()}, recorder.output)
     layers = tuple(by_name[n] for n in order if not by_name[n].layer_type.keras_operation)
-    key = structure_key(module, input_shape, **call_kwargs)
     return Graph(layers, dict(variables), recorder.output, key)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from flaxzoo.layers import BatchNormalization, Conv2D, DepthwiseConv2D, SeparableConv2D
+from flaxzoo.layers import BatchNormalization, Conv2D, DepthwiseConv2D, SeparableConv2D, shapes_only
 from flaxzoo.surgery import model_graph
 from flaxzoo.xla_options import jit
 
@@ -93,7 +93,7 @@ def _epsilons(model: nn.Module, variables: dict) -> dict[str, float]:
             eps[context.module.name] = context.module.epsilon
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record):
+    with nn.intercept_methods(record), shapes_only():
         jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(model.traced_shape, jnp.float32))
     return eps
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import functools
 import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
@@ -217,6 +218,8 @@ class MaxPooling2D(KerasLayer):
 
     def __call__(self, x):
         window, strides, padding = _pool_args(self.pool_size, self.strides, self.padding)
+        if _EXPORT.get():
+            return functools.reduce(jnp.maximum, _window_slices(x, window[1:3], strides[1:3], padding, -jnp.inf))
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, padding)
 
 
@@ -230,10 +233,14 @@ class AveragePooling2D(KerasLayer):
 
     def __call__(self, x):
         window, strides, padding = _pool_args(self.pool_size, self.strides, self.padding)
+        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        if _EXPORT.get():
+            summed = functools.reduce(jnp.add, _window_slices(x, window[1:3], strides[1:3], padding))
+            counts = functools.reduce(jnp.add, _window_slices(ones, window[1:3], strides[1:3], padding))
+            return summed / counts  # constant-folded by the runtimes
         summed = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
         if padding == "VALID":
             return summed / np.prod(window)
-        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
         counts = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
         return summed / counts
 
@@ -454,32 +461,38 @@ def _same_padding(size: int, k: int, s: int) -> tuple[int, tuple[int, int]]:
     return out, (total // 2, total - total // 2)
 
 
-def _padded(x, kh: int, kw: int, strides, padding: str):
-    """``x`` padded for a (kh, kw) window ('SAME': TF's split; 'VALID': as is) and the output height, width."""
+def _padded(x, kh: int, kw: int, strides, padding: str, fill: float = 0.0):
+    """``x`` padded with ``fill`` for a (kh, kw) window ('SAME': TF's split; 'VALID': as is) and the output
+    height, width."""
     (sh, sw), (h, w) = strides, x.shape[1:3]
     if padding == "SAME":
         ho, pad_h = _same_padding(h, kh, sh)
         wo, pad_w = _same_padding(w, kw, sw)
-        return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))), ho, wo
+        return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)), constant_values=fill), ho, wo
     return x, (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
+def _window_slices(x, window: tuple[int, int], strides: tuple[int, int], padding: str, fill: float = 0.0):
+    """Each of a (kh, kw) window's positions as a strided slice of the padded ``x``, row by row: the slice
+    at (i, j) holds every output pixel's input at that offset of its window."""
+    (kh, kw), (sh, sw) = window, strides
+    x, ho, wo = _padded(x, kh, kw, strides, padding, fill)
+    n, c = x.shape[0], x.shape[3]
+    for i in range(kh):
+        for j in range(kw):
+            yield jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
 
 
 def _shifted_depthwise(x, kernel, strides, padding):
     """The same sum written as kh·kw strided slices times a per-channel weight: XLA:CPU fuses it into one
     vectorised loop (a 3x3 depthwise conv on (8, 112, 112, 64): 122 ms grouped, ~3 ms this way)."""
     kh, kw, c, m = kernel.shape
-    (sh, sw), n = strides, x.shape[0]
-    x, ho, wo = _padded(x, kh, kw, strides, padding)
     if m > 1:  # output channel c·m + k takes input channel c
         x = jnp.repeat(x, m, axis=-1)
-    k = kernel.reshape(kh, kw, c * m).astype(x.dtype)
+    k = kernel.reshape(kh * kw, c * m).astype(x.dtype)
     out = None
-    for i in range(kh):
-        for j in range(kw):
-            patch = jax.lax.slice(
-                x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c * m), (1, sh, sw, 1)
-            )
-            out = patch * k[i, j] if out is None else out + patch * k[i, j]
+    for weight, patch in zip(k, _window_slices(x, (kh, kw), strides, padding)):
+        out = patch * weight if out is None else out + patch * weight
     return out
 
 
@@ -494,12 +507,28 @@ def _pointwise_as_matmul(x, kernel, strides):
 
 CONV_IMPLEMENTATIONS = ("auto", "keras", "cpu")
 _CONV: contextvars.ContextVar[str] = contextvars.ContextVar("flaxzoo_conv", default="auto")
+_EXPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("flaxzoo_export_forms", default=False)
+
+
+@contextlib.contextmanager
+def export_forms():
+    """The forms flaxzoo.export traces in: Keras' convolutions (one operation each, as every runtime expects),
+    and pooling windows as strided slices combined by max or add. ONNX runtimes pool over NCHW windows only,
+    and an NHWC ``reduce_window`` reaches them as a 4-D window (onnxruntime: "Unsupported pooling size");
+    the slices are standard everywhere. Max pooling stays bit-identical, average pooling sums in another order."""
+    token = _EXPORT.set(True)
+    try:
+        with conv_implementation("keras"):
+            yield
+    finally:
+        _EXPORT.reset(token)
 
 
 @contextlib.contextmanager
 def conv_implementation(name: str):
     """Choose how convolutions are traced within this context: ``"auto"`` (default: the ``"cpu"`` forms on
-    CPU, Keras' elsewhere, decided when XLA lowers for the platform), ``"keras"`` (Keras' own operations:
+    CPU, Keras' elsewhere: in a process whose default backend is the CPU, the CPU forms; else decided when XLA
+    lowers for the platform, so a CPU computation there gets them too), ``"keras"`` (Keras' own operations:
     grouped depthwise convolutions, 1x1 convolutions as convolutions; cuDNN's and TPU's fast path, and
     bit-identical to Keras) or ``"cpu"`` (depthwise as shifted multiply-adds, 1x1 as matrix products).
     The forms are equal within float32 rounding. Read when a function is traced: a function jax has
@@ -513,11 +542,21 @@ def conv_implementation(name: str):
         _CONV.reset(token)
 
 
+def shapes_only():
+    """The context for abstract traces (``jax.eval_shape``, graphs, abstract variables): Keras' forms, one
+    operation per convolution, the cheapest to trace; shapes and variables are the same in every form."""
+    return conv_implementation("keras")
+
+
 def _by_platform(x, kernel, *, cpu: Callable, keras: Callable):
     impl = _CONV.get()
     if impl == "keras":
         return keras(x, kernel)
     if impl == "cpu":
+        return cpu(x, kernel)
+    if jax.default_backend() == "cpu":
+        # no accelerator in this process: the CPU form alone (a platform_dependent switch traces both forms,
+        # which doubled the trace time of depthwise-heavy models)
         return cpu(x, kernel)
     return jax.lax.platform_dependent(x, kernel, cpu=cpu, default=keras)
 

@@ -23,8 +23,9 @@ from flaxzoo import graph as graph_lib
 from flaxzoo import imagenet_utils
 from flaxzoo.models.common import abstract_variables
 from flaxzoo.registry import ModelSpec, registered
-from flaxzoo.weights import checkpoint, convert_file, count_params
+from flaxzoo.weights import checkpoint, convert_file, count_params, safetensors_file
 from flaxzoo.weights import save_checkpoint as _save_checkpoint
+from flaxzoo.weights import save_safetensors as _save_safetensors
 
 VARIANTS = ("top", "notop")
 
@@ -84,6 +85,13 @@ def save_checkpoint(directory, model: str, variables, *, variant: str | None = N
     return _save_checkpoint(directory, get_spec(model).name, variables, variant=variant, **extra)
 
 
+def save_safetensors(path, model: str, variables, *, variant: str | None = None, **extra) -> Path:
+    """Save ``variables`` of registered model ``model`` (registry or Keras name) as one ``.safetensors`` file
+    at ``path``, written atomically, the checkpoint's metadata in its header (model, variant, source file and
+    md5, shapes, checksums); the constructors load it with ``weights=path``."""
+    return _save_safetensors(path, get_spec(model).name, variables, variant=variant, **extra)
+
+
 # ------------------------------------------------------------------------------------------------
 # Models from weight files (the CLI's, convert/convert_all.py's and fine-tuning's)
 # ------------------------------------------------------------------------------------------------
@@ -126,12 +134,20 @@ def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, graph_lib.Graph]:
     )
 
 
-def convert_to_checkpoint(spec: ModelSpec, h5_path, out_dir, variant: str | None = None) -> dict:
-    """Convert a Keras legacy .h5 of ``spec`` into a flaxzoo checkpoint at ``out_dir`` (which must not exist).
+CONVERT_FORMATS = ("checkpoint", "safetensors")
+
+
+def convert_to_checkpoint(
+    spec: ModelSpec, h5_path, out_dir, variant: str | None = None, *, format: str = "checkpoint"
+) -> dict:
+    """Convert a Keras legacy .h5 of ``spec`` into a flaxzoo checkpoint at ``out_dir`` (which must not exist),
+    or with ``format="safetensors"`` into one ``.safetensors`` file at ``out_dir``.
 
     ``variant=None`` infers it from the file. Returns the checkpoint's metadata record plus ``params``
-    (the number of weights) and ``path`` (the absolute output directory).
+    (the number of weights) and ``path`` (the absolute output directory or file).
     """
+    if format not in CONVERT_FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(CONVERT_FORMATS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() or out_dir.is_symlink():
         raise ValueError(f"{out_dir}: already exists; not overwriting (remove it or choose another --out)")
@@ -142,7 +158,8 @@ def convert_to_checkpoint(spec: ModelSpec, h5_path, out_dir, variant: str | None
     else:
         graph = variant_graph(spec, variant)
     variables, meta = convert_file(spec, graph, h5_path, variant)
-    path = checkpoint.save(out_dir, variables, meta)
+    save = safetensors_file.save if format == "safetensors" else checkpoint.save
+    path = save(out_dir, variables, meta)
     return dict(meta, params=count_params(variables), path=str(path))
 
 

@@ -36,7 +36,6 @@ def requested_files(monkeypatch):
     return keras_reference.record_requests(monkeypatch)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (loadgroup): after it, they are ignored
 def pytest_collection_modifyitems(items):
     """With ``-n N --dist loadgroup`` (the README's command), all tests of one model run in one worker:
     the Keras reference models and .h5 files are cached per process, so they are built once."""

@@ -156,6 +156,36 @@ def test_convert_then_predict_from_checkpoint(reference, h5_table, tmp_path):
     assert out == h5_table
 
 
+def test_convert_to_safetensors_then_predict(reference, h5_table, tmp_path):
+    out_file = tmp_path / "resnet50.safetensors"
+    rc, out, err = run_main(["convert", "--model", MODEL, "--h5", reference.h5, "--out", out_file, "--format", "safetensors"])
+    assert rc == 0, err
+    from flaxzoo.weights import safetensors_file
+
+    meta = safetensors_file.read_metadata(out_file)
+    assert (meta["model"], meta["variant"]) == (MODEL, "top") and meta["source"]["md5"] in out
+    rc, out, err = run_main(["predict", ELEPHANT, "--model", "ResNet50", "--weights", out_file])
+    assert rc == 0, err
+    assert out == h5_table
+
+
+def test_export_writes_a_stablehlo_file_with_model_arguments(tmp_path):
+    from flaxzoo import export
+
+    out_file = tmp_path / "m.stablehlo"
+    argv = ["export", "--model", "mobilenet_v3_small", "--weights", "none", "--out", out_file, "--dynamic-batch",
+            "--notop", "--pooling", "avg", "--input-shape", "64,64", "--arg", "minimalistic=True", "--arg", "alpha=0.75"]  # fmt: skip
+    rc, out, err = run_main(argv)
+    assert rc == 0, err
+    assert "input (B, 64, 64, 3)" in out
+    f = export.load_stablehlo(out_file)
+    assert f(np.zeros((2, 64, 64, 3), np.float32)).shape == (2, 432)  # minimalistic alpha 0.75: 432 channels
+    rc, _, err = run_main([*argv[:6], "--out", tmp_path / "n.stablehlo", "--arg", "depth=3"])
+    assert rc == 2 and "takes no argument 'depth'" in err
+    rc, _, err = run_main(argv)  # --out exists
+    assert rc == 2 and "already exists" in err
+
+
 def test_predict_batches_several_images(reference, h5_table, tmp_path):
     """Three images through batches of two (the last one padded): each gets its own table."""
     from PIL import Image

@@ -14,7 +14,7 @@ from flaxzoo.zoo import create_model, get_spec, list_models
 import keras_reference as kr
 import tiers
 import tolerances
-from random_weights import calibrate_batch_norm, random_variables
+from random_weights import random_variables, statistics_near_the_data
 
 DEPTHWISE_CASES = [  # input shape, kernel, stride, padding, depth multiplier
     ((2, 16, 16, 8), 3, 1, "same", 1),
@@ -87,27 +87,6 @@ def test_auto_lowers_to_the_cpu_forms_on_cpu_and_keras_forms_on_request():
     with pytest.raises(ValueError, match="unknown convolution implementation"):
         with layers.conv_implementation("fast"):
             pass
-
-
-def statistics_near_the_data(model, variables, images, seed=0):
-    """Batch-norm statistics as a trained network's on new data: each layer's statistics on ``images``
-    (calibrated), then its variance widened by 1-2x and its mean moved by up to ~0.3 standard deviations.
-
-    Far from (0, 1) and from the statistics of the inputs folded, yet the network stays in the well-conditioned
-    regime tolerances.network_rtol assumes. Independent random statistics (variance in 0.5-2 whatever the
-    layer's input) leave it: the mismatch compounds through EfficientNetV2's deep stages until one rounding of
-    every weight (what folding does) moves the output past the bound (EfficientNetV2-S: 3600x it; here 0.007x).
-    """
-    variables = calibrate_batch_norm(model, variables, images)
-    rng = np.random.default_rng(seed)
-
-    def near(stats):
-        std = np.sqrt(stats["var"])
-        mean = stats["mean"] + rng.normal(0.0, 0.3, std.shape) * std
-        return {"mean": mean.astype(np.float32), "var": (stats["var"] * rng.uniform(1.0, 2.0, std.shape)).astype(np.float32)}
-
-    is_stats = lambda node: isinstance(node, dict) and set(node) == {"mean", "var"}
-    return {**variables, "batch_stats": jax.tree_util.tree_map(near, variables["batch_stats"], is_leaf=is_stats)}
 
 
 @pytest.mark.parametrize("name", tiers.REPRESENTATIVES)

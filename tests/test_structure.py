@@ -79,9 +79,3 @@ def test_every_model_is_one_model_file_and_its_mirror_modules_are_generated():
             assert not (PACKAGE / f"{keras_module}.py").exists(), f"{keras_module}.py: mirror modules are generated"
             assert getattr(getattr(flaxzoo, keras_module), spec.keras_name) is spec.constructor
 
-
-def test_the_tests_of_one_group_run_in_one_worker(request):
-    """Under ``--dist loadgroup`` (the README's command) xdist keeps a group in one worker by a suffix of the
-    node id, which tests/conftest.py's groups (one per model) rely on to build each Keras reference once."""
-    if getattr(request.config.option, "loadgroup", False):
-        assert request.node.nodeid.endswith("@test_structure"), request.node.nodeid

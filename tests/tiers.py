@@ -29,4 +29,5 @@ def _representatives() -> list[str]:
     return sorted(min(names, key=lambda n: get_spec(n).params) for names in families.values())
 
 
-REPRESENTATIVES = MODELS if FULL else _representatives()
+FAMILIES = _representatives()  # one model per family, in every tier (export)
+REPRESENTATIVES = MODELS if FULL else FAMILIES

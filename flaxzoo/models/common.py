@@ -27,6 +27,7 @@ from flaxzoo.layers import (
     GlobalMaxPooling2D,
     is_softmax_or_linear,
     layer_modes,
+    shapes_only,
     snake_case,
 )
 from flaxzoo.registry import ModelSpec, register
@@ -270,7 +271,8 @@ def stage_features(module: Application, body: graph_lib.Graph | None = None) -> 
     graph = body or graph_lib.trace(base, shape)
     taps = [tap if isinstance(tap, tuple) else (tap, "output") for tap in base.feature_layers(graph)]
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    found = jax.eval_shape(lambda x: graph_lib.run_until(taps, lambda: base.init(rngs, x)), jnp.zeros(shape))
+    with shapes_only():
+        found = jax.eval_shape(lambda x: graph_lib.run_until(taps, lambda: base.init(rngs, x)), jnp.zeros(shape))
     entries = []
     for layer, tap in taps:
         _, height, _, channels = found[(layer, tap)].shape
@@ -649,9 +651,10 @@ def instantiate(
     if weights is None:
         rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
         x = jnp.zeros(concrete, jnp.float32)
-        if _ABSTRACT.get():
-            variables = jax.eval_shape(module.init, rngs, x)
-        else:
+        if _ABSTRACT.get():  # the graph's abstract variables: the trace is kept for layer_names & co
+            variables = graph_lib.trace(module, concrete).variables
+            return module, jax.tree_util.tree_map(lambda leaf: leaf, dict(variables))  # containers of its own
+        with shapes_only():  # init's forward pass is discarded: the cheapest forms to trace
             variables = jax.jit(module.init)(rngs, x)
         return module, dict(variables)
     from flaxzoo.weights import load_variables

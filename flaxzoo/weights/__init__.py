@@ -6,7 +6,8 @@
 * ``"imagenet"``: the converted checkpoint in ``$FLAXZOO_HOME/checkpoints/<model>/<variant>``; else the
   Keras file from ``$KERAS_HOME/models`` or a download (md5-checked), converted and cached.
 * a path to a Keras legacy ``.h5`` file: converted (nothing is cached);
-* a path to a flaxzoo checkpoint directory: restored without touching h5 or Keras.
+* a path to a flaxzoo checkpoint directory: restored without touching h5 or Keras;
+* a path to a flaxzoo ``.safetensors`` file (:mod:`flaxzoo.weights.safetensors_file`): read with the same checks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from flaxzoo.errors import CheckpointError
 from flaxzoo.graph import Graph
 from flaxzoo.registry import ModelSpec
-from flaxzoo.weights import checkpoint
+from flaxzoo.weights import checkpoint, safetensors_file
 from flaxzoo.weights.convert import convert_h5, metadata
 from flaxzoo.weights.files import flaxzoo_home, get_file, keras_home, md5sum
 
@@ -36,6 +37,7 @@ __all__ = [
     "keras_home",
     "get_file",
     "save_checkpoint",
+    "save_safetensors",
 ]
 
 
@@ -96,16 +98,25 @@ def _load_imagenet(spec: ModelSpec, graph: Graph, variant: str) -> dict:
 
 
 def load_variables(spec: ModelSpec, graph: Graph, weights: str | os.PathLike, variant: str) -> dict:
-    """Variables for ``graph`` from ``weights`` ("imagenet", a Keras .h5 file or a flaxzoo checkpoint)."""
+    """Variables for ``graph`` from ``weights`` ("imagenet", a Keras .h5 file, a flaxzoo checkpoint or
+    a flaxzoo .safetensors file)."""
     if isinstance(weights, str) and weights == "imagenet":
         return _load_imagenet(spec, graph, variant)
     path = Path(weights)
     if path.is_dir():
-        model = checkpoint.read_metadata(path).get("model")
-        if model not in (None, spec.name):
-            raise CheckpointError(f"{path}: a checkpoint of {model}, not {spec.name}")
+        _check_model(path, checkpoint.read_metadata(path), spec)
         return checkpoint.restore(path, lambda: graph.variables, structure=graph.structure)[0]
+    if path.is_file() and safetensors_file.is_safetensors(path):
+        _check_model(path, safetensors_file.read_metadata(path), spec)
+        variables = safetensors_file.load(path, lambda: graph.variables, structure=graph.structure)[0]
+        return checkpoint._to_device(variables)
     return checkpoint._to_device(convert_file(spec, graph, path, None)[0])
+
+
+def _check_model(path: Path, record: dict, spec: ModelSpec) -> None:
+    model = record.get("model")
+    if model not in (None, spec.name):
+        raise CheckpointError(f"{path}: weights of {model}, not {spec.name}")
 
 
 def count_params(variables) -> int:
@@ -122,3 +133,13 @@ def save_checkpoint(
     the metadata record."""
     variables = jax.device_get(dict(variables))  # every collection: params, batch_stats, constants, ...
     return checkpoint.save(directory, variables, {**metadata(model, variant, None), **extra})
+
+
+def save_safetensors(
+    path: str | os.PathLike, model: str, variables, *, variant: str | None = None, **extra
+) -> Path:
+    """Save ``variables`` of the model registered as ``model`` as one ``.safetensors`` file at ``path``
+    (atomically), with :func:`save_checkpoint`'s metadata in its header; the constructors load it with
+    ``weights=path``. Needs the ``safetensors`` package (``pip install 'flaxzoo[export]'``)."""
+    variables = jax.device_get(dict(variables))
+    return safetensors_file.save(path, variables, {**metadata(model, variant, None), **extra})
