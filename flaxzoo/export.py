@@ -159,7 +159,7 @@ def load_stablehlo(path: str | os.PathLike) -> Callable:
     path = Path(path)
     try:
         exported = jax.export.deserialize(bytearray(path.read_bytes()))
-    except (ValueError, TypeError, IndexError, AssertionError, RuntimeError) as e:
+    except (ValueError, TypeError, IndexError, AssertionError, RuntimeError, AttributeError) as e:
         raise ValueError(f"{path}: not a serialized jax.export (StableHLO) artifact ({e})") from e
 
     def f(x):

@@ -180,7 +180,7 @@ def test_export_writes_a_stablehlo_file_with_model_arguments(tmp_path):
     assert "input (B, 64, 64, 3)" in out
     f = export.load_stablehlo(out_file)
     assert f(np.zeros((2, 64, 64, 3), np.float32)).shape == (2, 432)  # minimalistic alpha 0.75: 432 channels
-    rc, _, err = run_main([*argv[:6], "--out", tmp_path / "n.stablehlo", "--arg", "depth=3"])
+    rc, _, err = run_main([*argv[:5], "--out", tmp_path / "n.stablehlo", "--arg", "depth=3"])
     assert rc == 2 and "takes no argument 'depth'" in err
     rc, _, err = run_main(argv)  # --out exists
     assert rc == 2 and "already exists" in err

@@ -70,7 +70,7 @@ def test_train_and_eval_switch_batch_statistics(case):
     _, _, images, _ = case
     model = _nnx(case)
     module, variables = _linen(case)
-    before = nnx.state(model, nnx.BatchStat)
+    before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(nnx.state(model, nnx.BatchStat))]  # a copy: states are live
     model.train()
     assert model.training and model.deterministic is False
     train_out, updates = module.apply(variables, images, train=True, mutable=["batch_stats"])

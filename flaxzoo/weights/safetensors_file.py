@@ -127,6 +127,8 @@ def load(path: str | os.PathLike, abstract_variables=None, *, structure: str | N
     bad = sorted(k for k, v in tensors.items() if crcs.get(k) != zlib.crc32(np.ascontiguousarray(v)))
     if bad:
         raise CheckpointError(f"{path}: tensor data does not match its checksums (damaged on disk?): {bad[:5]}")
+    # a 0-d tensor (Normalization's count) may come back with shape (1,): the record's shape is the truth
+    tensors = {k: v.reshape(stored[k]) if v.size == int(np.prod(stored[k])) else v for k, v in tensors.items()}
     wrong = [k for k, v in tensors.items() if list(v.shape) != stored[k]]
     if wrong:
         raise CheckpointError(f"{path}: tensor shapes differ from the metadata record: {wrong[:5]}")
