@@ -40,7 +40,6 @@ from flaxzoo.surgery import (
 )
 
 
-
 def __getattr__(name: str):
     # flaxzoo.export (jax.export, jax2onnx) and flaxzoo.nnx (flax.nnx) load on first use
     if name in ("export", "nnx"):

@@ -203,7 +203,7 @@ def parse_model_args(spec: ModelSpec, pairs: Sequence[str]) -> dict:
 
 
 def cmd_export(args) -> None:
-    from flaxzoo.export import SUFFIXES, export
+    from flaxzoo.export import export, export_format
 
     spec = get_spec(args.model)
     kwargs = dict(include_top=not args.notop, pooling=args.pooling, **parse_model_args(spec, args.arg))
@@ -213,9 +213,7 @@ def cmd_export(args) -> None:
         shape = parse_input_shape(args.input_shape)
         kwargs["input_shape"] = shape if len(shape) == 3 else (*shape, 3)
     weights = None if args.weights.lower() == "none" else check_weights(args.weights)
-    fmt = args.format or next((f for f, suffix in SUFFIXES.items() if args.out.endswith(suffix)), None)
-    if fmt is None:
-        raise ValueError(f"--out {args.out}: give --format (onnx or stablehlo), or a .onnx or .stablehlo name")
+    fmt = export_format(args.out, args.format)  # before the model is built
     if os.path.exists(args.out):
         raise ValueError(f"{args.out}: already exists; not overwriting (remove it or choose another --out)")
     model, variables = spec.constructor(weights=weights, **kwargs)

@@ -15,7 +15,6 @@ written whole or not at all (a temporary file beside the destination, renamed in
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from flaxzoo.inference import fold_batchnorm
 from flaxzoo.layers import export_forms
+from flaxzoo.weights.files import atomic_file
 
 FORMATS = ("onnx", "stablehlo")
 SUFFIXES = {"onnx": ".onnx", "stablehlo": ".stablehlo"}
@@ -43,8 +43,7 @@ def input_shape(model, batch: int | None = 1, size: Sequence[int] | None = None)
         size = tuple(size)
         if len(size) != 2 or not all(isinstance(d, int) and d > 0 for d in size):
             raise ValueError(f"input size must be (height, width) in pixels; got {size!r}")
-        fixed = tuple(d for d in model.input_shape[:2] if d is not None)
-        if fixed and tuple(model.input_shape[:2]) != size and model.include_top:
+        if model.include_top and tuple(model.input_shape[:2]) != size:
             raise ValueError(
                 f"{model.model_name or type(model).__name__} takes {model.input_shape[0]}x{model.input_shape[1]} "
                 f"images (its classifier fixes the size); got an export size of {size[0]}x{size[1]}"
@@ -53,6 +52,17 @@ def input_shape(model, batch: int | None = 1, size: Sequence[int] | None = None)
             raise ValueError(f"input size {size[0]}x{size[1]}: the model needs at least {model.min_size}x{model.min_size}")
         height, width = size
     return ("B" if batch is None else batch, height, width, channels)
+
+
+def export_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """``format`` checked, or the format ``path``'s suffix names (``.onnx``, ``.stablehlo``)."""
+    if format is None:
+        format = next((f for f, suffix in SUFFIXES.items() if Path(path).suffix == suffix), None)
+        if format is None:
+            raise ValueError(f"{path}: name the format (one of {', '.join(FORMATS)}) or use a .onnx or .stablehlo suffix")
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    return format
 
 
 def inference_function(model, variables, *, fold_bn: bool = False) -> Callable:
@@ -106,25 +116,6 @@ def to_onnx(
         )  # fmt: skip
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    from flaxzoo.weights.files import current_umask
-
-    return current_umask()
-
-
 def export(
     model, variables, path: str | os.PathLike, *, format: str | None = None, batch: int | None = 1,
     size: Sequence[int] | None = None, fold_bn: bool = False, **options: Any,
@@ -133,12 +124,7 @@ def export(
     from the suffix, ``.onnx`` or ``.stablehlo``). ``batch=None``: a dynamic batch. ``options`` go to
     :func:`to_onnx` (``opset``) or :func:`to_stablehlo` (``platforms``). Returns the path."""
     path = Path(path)
-    if format is None:
-        format = next((f for f, suffix in SUFFIXES.items() if path.suffix == suffix), None)
-        if format is None:
-            raise ValueError(f"{path}: name the format (one of {', '.join(FORMATS)}) or use a .onnx or .stablehlo suffix")
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}")
+    format = export_format(path, format)
     if path.is_dir():
         raise ValueError(f"{path} is a directory: give the file to write")
     if format == "onnx":
@@ -148,7 +134,8 @@ def export(
         data = proto.SerializeToString()
     else:
         data = bytes(to_stablehlo(model, variables, batch=batch, size=size, fold_bn=fold_bn, **options).serialize())
-    _write_atomic(path, data)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

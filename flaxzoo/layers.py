@@ -233,7 +233,7 @@ class AveragePooling2D(KerasLayer):
 
     def __call__(self, x):
         window, strides, padding = _pool_args(self.pool_size, self.strides, self.padding)
-        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)  # the valid pixels of each window ('same')
         if _EXPORT.get():
             summed = functools.reduce(jnp.add, _window_slices(x, window[1:3], strides[1:3], padding))
             counts = functools.reduce(jnp.add, _window_slices(ones, window[1:3], strides[1:3], padding))

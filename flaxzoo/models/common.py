@@ -649,11 +649,11 @@ def instantiate(
         module = module.clone(min_size=spec.min_size)
     concrete = module.traced_shape
     if weights is None:
-        rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
-        x = jnp.zeros(concrete, jnp.float32)
         if _ABSTRACT.get():  # the graph's abstract variables: the trace is kept for layer_names & co
             variables = graph_lib.trace(module, concrete).variables
             return module, jax.tree_util.tree_map(lambda leaf: leaf, dict(variables))  # containers of its own
+        rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
+        x = jnp.zeros(concrete, jnp.float32)
         with shapes_only():  # init's forward pass is discarded: the cheapest forms to trace
             variables = jax.jit(module.init)(rngs, x)
         return module, dict(variables)

@@ -108,6 +108,17 @@ def _quiet_ocdbt_merge():
         logger.removeFilter(drop)
 
 
+def misfit(expected: dict[str, list[int]], stored: dict[str, list[int]]) -> str | None:
+    """How stored variable shapes differ from a model's (``{"params/conv1/kernel": [3, 3, 3, 64], ...}``):
+    up to five missing, unexpected and wrong-shaped variables each; None where they are the same."""
+    if expected == stored:
+        return None
+    missing = sorted(set(expected) - set(stored))[:5]
+    extra = sorted(set(stored) - set(expected))[:5]
+    wrong = [(k, stored[k], expected[k]) for k in expected if k in stored and expected[k] != stored[k]][:5]
+    return f"missing {missing}, unexpected {extra}, wrong shape {wrong}"
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / METADATA_FILE).is_file()
 
@@ -204,15 +215,11 @@ def restore(directory: str | os.PathLike, abstract_variables=None, *, structure:
     if callable(abstract_variables):
         abstract_variables = abstract_variables()
     if abstract_variables is not None:
-        expected, stored = _shapes(abstract_variables), record.get("variables", {})
-        if expected != stored:
-            missing = sorted(set(expected) - set(stored))[:5]
-            extra = sorted(set(stored) - set(expected))[:5]
-            wrong = [k for k in expected if k in stored and expected[k] != stored[k]][:5]
+        difference = misfit(_shapes(abstract_variables), record.get("variables", {}))
+        if difference:
             raise CheckpointError(
                 f"{directory}: checkpoint of {record.get('model')} ({record.get('variant')}) does not fit "
-                f"this model: missing {missing}, unexpected {extra}, "
-                f"wrong shape {[(k, stored[k], expected[k]) for k in wrong]}"
+                f"this model: {difference}"
             )
     shapes = record.get("variables")
     try:

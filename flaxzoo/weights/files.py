@@ -88,6 +88,21 @@ def current_umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A temporary path beside ``path`` to write, renamed onto ``path`` when the block succeeds (readable as
+    the umask allows) and removed otherwise: ``path`` is whole or untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide a shared file from others
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def _verified(path: Path, md5: str | None, sha256: str | None = None) -> bool:
     expected = _expected(md5, sha256)
     return path.is_file() and (expected is None or file_digests(path, expected[:1])[expected[0]] == expected[1])

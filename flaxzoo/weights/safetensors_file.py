@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from flaxzoo.errors import CheckpointError
-from flaxzoo.weights.checkpoint import _flat, _nest, _shapes
-from flaxzoo.weights.files import current_umask
+from flaxzoo.weights.checkpoint import _flat, _nest, _shapes, misfit
+from flaxzoo.weights.files import atomic_file
 
 FORMAT = "flaxzoo-safetensors"
 SUFFIX = ".safetensors"
@@ -61,15 +60,8 @@ def save(path: str | os.PathLike, variables: dict, metadata: dict[str, Any]) -> 
     tensors = {key: np.ascontiguousarray(value) for key, value in _flat(variables).items()}
     record = dict(metadata, format=FORMAT, variables=_shapes(variables), crc32={k: zlib.crc32(v) for k, v in tensors.items()})
     header = {k: json.dumps(v) if k in _JSON_FIELDS or not isinstance(v, str) else v for k, v in record.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         library.numpy.save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -113,8 +105,11 @@ def load(path: str | os.PathLike, abstract_variables=None, *, structure: str | N
                 abstract_variables = None
             if callable(abstract_variables):
                 abstract_variables = abstract_variables()
-            if abstract_variables is not None:
-                _check_fits(path, record, _shapes(abstract_variables), stored)
+            difference = None if abstract_variables is None else misfit(_shapes(abstract_variables), stored)
+            if difference:
+                raise CheckpointError(
+                    f"{path}: weights of {record.get('model')} ({record.get('variant')}) do not fit this model: {difference}"
+                )
             names = set(f.keys())
             if names != set(stored):
                 raise CheckpointError(f"{path}: tensors {sorted(names ^ set(stored))[:5]} differ from the metadata record")
@@ -134,14 +129,3 @@ def load(path: str | os.PathLike, abstract_variables=None, *, structure: str | N
         raise CheckpointError(f"{path}: tensor shapes differ from the metadata record: {wrong[:5]}")
     return _nest(tensors), record
 
-
-def _check_fits(path: Path, record: dict, expected: dict, stored: dict) -> None:
-    if expected == stored:
-        return
-    missing = sorted(set(expected) - set(stored))[:5]
-    extra = sorted(set(stored) - set(expected))[:5]
-    wrong = [(k, stored[k], expected[k]) for k in expected if k in stored and expected[k] != stored[k]][:5]
-    raise CheckpointError(
-        f"{path}: weights of {record.get('model')} ({record.get('variant')}) do not fit this model: "
-        f"missing {missing}, unexpected {extra}, wrong shape {wrong}"
-    )
