@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxzoo._jax2onnx import indexed_scans
 from flaxzoo.inference import fold_batchnorm
 from flaxzoo.layers import export_forms
 from flaxzoo.weights.files import atomic_file
@@ -107,7 +108,7 @@ def to_onnx(
         raise ImportError("ONNX export needs jax2onnx: pip install 'flaxzoo[export]'") from e
     shape = input_shape(model, batch, size)
     f = inference_function(model, variables, fold_bn=fold_bn)
-    with export_forms():
+    with export_forms(), indexed_scans():
         outputs = len(jax.tree_util.tree_leaves(jax.eval_shape(f, jax.ShapeDtypeStruct((1, *shape[1:]), jnp.float32))))
         output_names = ["output"] if outputs == 1 else [f"output_{i}" for i in range(outputs)]
         return jax2onnx_to_onnx(

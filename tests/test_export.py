@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import flaxzoo
+from flaxzoo import _jax2onnx as jax2onnx_indexes
 from flaxzoo import export as export_lib
 from flaxzoo.errors import CheckpointError
 from flaxzoo.weights import safetensors_file
@@ -21,9 +22,6 @@ import tiers
 from flaxzoo.testing import random_variables
 
 FAMILIES = tiers.FAMILIES
-# jax2onnx's conversion time grows with the square of the graph's node count (DenseNet121's 2,800 nodes:
-# 21 s); these two take minutes, so their ONNX export runs in the full tier (FLAXZOO_FULL_TESTS=1) only.
-ONNX_FULL_TIER_ONLY = ("inception_resnet_v2", "nasnet_mobile")
 # Exported graphs run other kernels than XLA's (onnxruntime's MLAS convolutions, another summation order):
 # equal within float32 rounding grown over the depth, far inside the issue's 1e-4 of the output's scale.
 RELATIVE = 1e-4
@@ -66,8 +64,6 @@ def test_onnx_and_stablehlo_exports_equal_the_model_at_batch_1_and_3(tmp_path, n
     for n in (1, 3):
         _close(f(images[:n]), want[:n])
 
-    if name in ONNX_FULL_TIER_ONLY and not tiers.FULL:
-        return
     path = export_lib.export(model, variables, tmp_path / f"{name}.onnx", batch=None)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
@@ -90,6 +86,38 @@ def test_onnx_export_of_a_classifier_has_standard_convolutions_and_a_fixed_batch
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [2, 64, 64, 3]
     _close(session.run(None, {"input": images})[0], model.apply(variables, images))
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "resnet50"])
+def test_the_indexed_scans_answer_as_jax2onnx_own(monkeypatch, name):
+    """Every connection check the shortcut answers and every producer lookup during one export, compared
+    with jax2onnx's own scans."""
+    from jax2onnx.converter import optimizer_graph_utils, output_binding
+
+    connected, scan = output_binding._value_is_graph_connected, optimizer_graph_utils._producer_node
+    owned, lookup = jax2onnx_indexes.owned_by_graph, jax2onnx_indexes.ProducerIndex.__call__
+    counts = {"connected": 0, "producers": 0}
+
+    def checked_owned(ctx, value):
+        answer = owned(ctx, value)
+        if answer:
+            assert connected(ctx, value), value
+            counts["connected"] += 1
+        return answer
+
+    def checked_lookup(self, nodes, value):
+        answer = lookup(self, nodes, value)
+        assert answer is scan(nodes, value), value
+        counts["producers"] += 1
+        return answer
+
+    monkeypatch.setattr(jax2onnx_indexes, "owned_by_graph", checked_owned)
+    monkeypatch.setattr(jax2onnx_indexes.ProducerIndex, "__call__", checked_lookup)
+    model, variables = random_variables(name, include_top=False, input_shape=(32 + 1,) * 2 + (3,))
+    export_lib.to_onnx(model, variables, batch=None)
+    assert counts["connected"] > 100 and counts["producers"] > 100
+    assert output_binding._value_is_graph_connected is connected  # restored
+    assert optimizer_graph_utils._producer_node is scan
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path):
