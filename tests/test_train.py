@@ -1,6 +1,7 @@
 """Fine-tuning: sharded and pmap steps against one device, two processes against one, the input pipeline
 on bad images, checkpoints (exact resume, SIGKILL during a save), and ``flaxzoo finetune`` end to end."""
 
+import fcntl
 import json
 import os
 import signal
@@ -46,13 +47,21 @@ def subprocess_env(devices: int, **extra) -> dict:
 
 
 @pytest.fixture(scope="session")  # not module: xdist interleaves modules in a worker, which would rerun it
-def multidevice_report() -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "multidevice_steps.py")], env=subprocess_env(8),
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+def multidevice_report(tmp_path_factory, worker_id) -> dict:
+    """The report of ``multidevice_steps.py``, computed once per test run: under xdist, by the first worker
+    to ask (~80 s), the others read its file (the session temp root is shared by the workers)."""
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    path = root / "multidevice_report.json"
+    with open(root / "multidevice_report.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            proc = subprocess.run(
+                [sys.executable, str(TESTS / "multidevice_steps.py")], env=subprocess_env(8),
+                capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            path.write_text(proc.stdout)
+    report = json.loads(path.read_text())
     # 28 layers, 16·32·32 terms: 2.7e-2 of the update. float32 steps measured 2.8e-3 from float64, and a
     # broken step (per-device statistics, summed gradients) misses the update by 2.0-7.0.
     report["bound"] = tolerances.training_rtol(report["weighted_layers"], report["longest_sum"])
