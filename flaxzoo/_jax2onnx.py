@@ -9,7 +9,8 @@ scanning their outputs, once per lookup. NASNetMobile's 10,000 nodes took over 1
   anything else still goes to jax2onnx's scan;
 - a producer lookup indexes each node list once (node ids, and output names in node order), rebuilt when
   the list's length changes or any value is renamed (``onnx_ir.Value.name``'s setter, the only way to
-  rename one, bumps a counter while active).
+  rename one, bumps a counter while active). jax2onnx passes snapshots (``list(graph)``) and never changes
+  one in place; anything but a list or tuple goes to the scan.
 
 Where jax2onnx's internals differ from these names, nothing is patched.
 """
@@ -61,6 +62,8 @@ class ProducerIndex:
         return entry
 
     def __call__(self, nodes, value_or_name):
+        if type(nodes) not in (list, tuple):  # a live graph changes under an index; jax2onnx passes snapshots
+            return self.scan(nodes, value_or_name)
         if isinstance(value_or_name, str):
             name = value_or_name
         elif isinstance(value_or_name, self.ir.Value):
