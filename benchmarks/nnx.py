@@ -7,14 +7,13 @@ one SGD train step (``flaxzoo.train.make_steps`` against an ``nnx.Optimizer`` st
 the given batch and at batch 1, where per-call Python overhead shows most; the forward pass also as NNX's
 functional form (``nnx.split`` once, ``jax.jit`` of ``nnx.merge(graphdef, state)(x)``). Both sides compile with XLA's
 default options (``nnx.jit`` takes no ``compiler_options``; flaxzoo's train steps use the defaults), so the
-ratio is the NNX face's own cost. Each pair runs alternately (A B A B ...); medians in ms, ratio NNX / linen.
+ratio is the NNX face's own cost. The calls alternate (A B A B ...); medians in ms, ratio NNX / linen.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
@@ -24,25 +23,24 @@ from flax import nnx
 
 import flaxzoo
 import flaxzoo.nnx as fnnx
-from flaxzoo.sharding import data_mesh
+from flaxzoo.sharding import data_mesh, global_batch, replicate
 from flaxzoo.train import create_train_state
 from flaxzoo.train.steps import make_steps
 
-from common import block, machine, median
+from common import block, machine, median, timed
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def _alternate(a, b, repeats: int) -> tuple[float, float]:
-    """Median seconds of a() and b(), called alternately after one warm-up call each."""
-    block(a()), block(b())
-    ta, tb = [], []
+def _alternate(*fns, repeats: int) -> list[float]:
+    """Median seconds of each fn(), called in turn (A B C A B C ...) after one warm-up call each."""
+    for fn in fns:
+        block(fn())
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((a, ta), (b, tb)):
-            start = time.perf_counter()
-            block(fn())
-            times.append(time.perf_counter() - start)
-    return median(ta), median(tb)
+        for fn, ts in zip(fns, times):
+            ts.append(timed(fn))
+    return [median(ts) for ts in times]
 
 
 def _loss(logits, labels):
@@ -54,11 +52,12 @@ def forward(module, variables, batch: int, repeats: int) -> dict:
     linen = jax.jit(module.apply)
     model = fnnx.from_linen(module, variables)
     nnx_call = nnx.jit(lambda m, x: m(x))
-    t_linen, t_nnx = _alternate(lambda: linen(variables, x), lambda: nnx_call(model, x), repeats)
     # NNX's functional form for a hot loop: split once, jax.jit a merge-and-call (no graph walk per call)
     graphdef, state = nnx.split(model)
     split_call = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
-    _, t_split = _alternate(lambda: linen(variables, x), lambda: split_call(state, x), repeats)
+    t_linen, t_nnx, t_split = _alternate(
+        lambda: linen(variables, x), lambda: nnx_call(model, x), lambda: split_call(state, x), repeats=repeats
+    )
     return {"linen_ms": 1e3 * t_linen, "nnx_ms": 1e3 * t_nnx, "ratio": t_nnx / t_linen, "nnx_split_ms": 1e3 * t_split}
 
 
@@ -66,9 +65,11 @@ def train_step(module, variables, batch: int, repeats: int) -> dict:
     images = jax.random.uniform(jax.random.key(1), (batch, *module.traced_shape[1:]), minval=-1.0, maxval=1.0)
     labels = jax.random.randint(jax.random.key(2), (batch,), 0, module.classes)
     tx = optax.sgd(0.01, momentum=0.9)
-    steps = make_steps(module, tx, data_mesh(jax.devices()[:1]))
-    state = [create_train_state(jax.tree_util.tree_map(jnp.array, variables), tx)]  # the step donates it
-    data = {"image": images, "label": labels}
+    mesh = data_mesh(jax.devices()[:1])
+    steps = make_steps(module, tx, mesh)
+    # laid out as the step returns it (else the second call compiles again); the step donates it
+    state = [replicate(create_train_state(jax.tree_util.tree_map(jnp.array, variables), tx), mesh)]
+    data = global_batch({"image": images, "label": labels}, mesh)
 
     def linen():
         state[0], metrics = steps.train(state[0], data)
@@ -84,7 +85,7 @@ def train_step(module, variables, batch: int, repeats: int) -> dict:
         optimizer.update(model, grads)
         return loss
 
-    t_linen, t_nnx = _alternate(linen, lambda: nnx_step(model, optimizer, images, labels), repeats)
+    t_linen, t_nnx = _alternate(linen, lambda: nnx_step(model, optimizer, images, labels), repeats=repeats)
     return {"linen_ms": 1e3 * t_linen, "nnx_ms": 1e3 * t_nnx, "ratio": t_nnx / t_linen}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator
+from unittest import mock
 
 
 def owned_by_graph(ctx, value) -> bool:
@@ -65,28 +66,16 @@ class ProducerIndex:
         if type(nodes) not in (list, tuple):  # a live graph changes under an index; jax2onnx passes snapshots
             return self.scan(nodes, value_or_name)
         if isinstance(value_or_name, str):
-            name = value_or_name
+            name, producer = value_or_name, None
         elif isinstance(value_or_name, self.ir.Value):
-            name = value_or_name.name
+            name, producer = value_or_name.name, value_or_name.producer()
         else:
             return self.scan(nodes, value_or_name)
         _, _, _, ids, names = self.index(nodes)
-        if isinstance(value_or_name, self.ir.Value):
-            producer = value_or_name.producer()
-            if isinstance(producer, self.ir.Node) and id(producer) in ids:
-                return producer
+        if isinstance(producer, self.ir.Node) and id(producer) in ids:
+            return producer
         # a value's own producer is not in the list, so only a namesake output can match
         return names.get(name) if name else None
-
-
-@contextlib.contextmanager
-def _patched(owner, attribute: str, replacement) -> Iterator[None]:
-    original = getattr(owner, attribute)
-    setattr(owner, attribute, replacement)
-    try:
-        yield
-    finally:
-        setattr(owner, attribute, original)
 
 
 @contextlib.contextmanager
@@ -102,7 +91,7 @@ def indexed_scans() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         connected = getattr(output_binding, "_value_is_graph_connected", None)
         if connected is not None:
-            stack.enter_context(_patched(
+            stack.enter_context(mock.patch.object(
                 output_binding, "_value_is_graph_connected",
                 lambda ctx, value: owned_by_graph(ctx, value) or connected(ctx, value),
             ))  # fmt: skip
@@ -115,8 +104,8 @@ def indexed_scans() -> Iterator[None]:
                 name.fset(value, new_name)
                 lookup.renames += 1
 
-            stack.enter_context(_patched(ir.Value, "name", property(name.fget, rename, name.fdel, name.__doc__)))
+            stack.enter_context(mock.patch.object(ir.Value, "name", property(name.fget, rename, name.fdel, name.__doc__)))
             for module in (optimizer_graph_utils, ir_optimizations, conv_transpose_bias_folding):
                 if getattr(module, "_producer_node", None) is scan:
-                    stack.enter_context(_patched(module, "_producer_node", lookup))
+                    stack.enter_context(mock.patch.object(module, "_producer_node", lookup))
         yield

@@ -21,6 +21,7 @@ import contextlib
 import json
 import sys
 import tempfile
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -60,29 +61,19 @@ def float64_step(model, tx, variables, batch):
 
 
 # Broken semantics, each patched into the pmap step while it is traced.
-@contextlib.contextmanager
-def patched(module, name, value):
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
-
-
 def local_variance(x, axes):  # the mean is the global batch's, the variance each device's own
     mean = jax.lax.pmean(jnp.mean(x, axes), steps_lib.PMAP_AXIS)
     return mean, jnp.mean(jnp.square(x - mean), axes)
 
 
 FAULTS = {
-    "bn_statistics_per_device": lambda: patched(
+    "bn_statistics_per_device": lambda: mock.patch.object(
         steps_lib, "cross_replica_batch_norm", lambda axis: contextlib.nullcontext()
     ),
-    "gradients_summed": lambda: patched(
+    "gradients_summed": lambda: mock.patch.object(
         steps_lib, "average_over_devices", lambda t: jax.lax.psum(t, steps_lib.PMAP_AXIS)
     ),
-    "bn_variance_not_averaged": lambda: patched(layers, "batch_moments", local_variance),
+    "bn_variance_not_averaged": lambda: mock.patch.object(layers, "batch_moments", local_variance),
 }
 
 
