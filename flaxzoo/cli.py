@@ -1,12 +1,20 @@
 """The ``flaxzoo`` command: classify images, convert Keras weight files, list the models.
 
     flaxzoo predict elephant.jpg --model resnet50 [--weights imagenet|FILE.h5|CHECKPOINT_DIR] [--top 5]
+    flaxzoo predict cat.jpg --model mobilenet --weights mobilenet_2_5_128_tf.h5   # alpha 0.25, 128 px: inferred
     flaxzoo convert --model resnet50 --h5 resnet50_weights_tf_dim_ordering_tf_kernels.h5 --out DIR
+    flaxzoo evaluate --model resnet50 --data val/ [--labels LABELS] [--resize 256 --crop 224 | --keras-resize] [--json OUT]
     flaxzoo list
     flaxzoo info resnet50
     flaxzoo summary inception_v3 [--notop] [--pooling avg] [--input-shape 224,224,3] [--freeze-until mixed8]
     flaxzoo finetune --model mobilenet --data train/ --val-data val/ --freeze-until conv_pw_13_relu --epochs 5
     flaxzoo export --model resnet50 --format onnx --out resnet50.onnx [--dynamic-batch] [--notop --pooling avg]
+
+The commands that build a model take the constructor's arguments: ``--alpha``, ``--depth-multiplier``,
+``--input-size`` and ``--arg key=value``; where a weight file determines them (its published name, its weight
+shapes, a converted checkpoint's metadata) they are inferred and printed on stderr (:mod:`flaxzoo.arguments`).
+Every command compiles through JAX's persistent compilation cache (``$FLAXZOO_HOME/xla-cache``;
+``FLAXZOO_COMPILATION_CACHE=0`` turns it off), so a second run skips XLA's compilation.
 
 Errors (every ``ValueError``, flaxzoo's own errors included, and unreadable files) are reported as one
 ``flaxzoo: error: <message>`` line on stderr with exit status 2. This module is argparse and printing
@@ -19,12 +27,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from flaxzoo.arguments import command_line_arguments, resolve
 from flaxzoo.registry import ModelSpec
 from flaxzoo.zoo import (
     CONVERT_FORMATS,
     VARIANTS,
-    build_model,
+    check_weights,
     classify,
     convert_to_checkpoint,
     create_model,
@@ -110,6 +120,35 @@ def format_info(spec: ModelSpec) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def note(line: str) -> None:
+    """What a command inferred or chose, on stderr: stdout stays the result."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def weights_argument(text: str) -> str | None:
+    """``--weights``: "imagenet", "none" (random: None) or an existing file or checkpoint directory."""
+    return None if text.lower() == "none" else check_weights(text)
+
+
+def model_arguments(
+    args, spec: ModelSpec, weights, *, include_top: bool | None = None, input_shape: tuple | None = None
+) -> dict:
+    """The constructor's keyword arguments (but ``weights``) from ``--alpha``, ``--depth-multiplier``,
+    ``--input-size`` and ``--arg``, completed from the weight file (printed on stderr)."""
+    given = command_line_arguments(
+        spec, alpha=args.alpha, depth_multiplier=args.depth_multiplier,
+        input_size=getattr(args, "input_size", None), pairs=args.arg,
+    )  # fmt: skip
+    if input_shape is not None:
+        if "input_shape" in given and given["input_shape"] != input_shape:
+            raise ValueError(f"--input-size {given['input_shape'][0]} and {input_shape}: give one input size")
+        given["input_shape"] = input_shape
+    resolved = resolve(spec, weights, given, include_top=include_top)
+    if line := resolved.note(spec):
+        note(line)
+    return resolved.kwargs
+
+
 def cmd_predict(args) -> None:
     from flaxzoo.imagenet_utils import decode_predictions
 
@@ -123,15 +162,29 @@ def cmd_predict(args) -> None:
             raise ValueError(f"{path}: no such image file")
     if args.class_index is not None and not os.path.isfile(args.class_index):
         raise ValueError(f"{args.class_index}: no such class index file")
-    model, variables = build_model(spec, args.weights, "top")
-    probs = classify(spec, model, variables, args.images, batch_size=args.batch_size, precision=args.precision)
+    weights = weights_argument(args.weights)
+    model, variables = spec.constructor(weights=weights, **model_arguments(args, spec, weights, include_top=True))
+    size = tuple(model.traced_shape[1:3])
+    probs = classify(
+        spec, model, variables, args.images, batch_size=args.batch_size, precision=args.precision, size=size,
+        progress=not args.quiet,
+    )  # fmt: skip
     decoded = decode_predictions(probs, top=args.top, class_index=args.class_index)
+    note(f"{spec.keras_name}: images resized to {size[0]}x{size[1]} (nearest, as Keras' load_img(target_size=...))")
     print("\n\n".join(format_predictions(path, d) for path, d in zip(args.images, decoded)))
 
 
 def cmd_convert(args) -> None:
     spec = get_spec(args.model)
-    info = convert_to_checkpoint(spec, args.h5, args.out, args.variant, format=args.format)
+    if os.path.exists(args.out) or os.path.islink(args.out):
+        raise ValueError(f"{args.out}: already exists; not overwriting (remove it or choose another --out)")
+    if not os.path.isfile(args.h5):
+        raise ValueError(f"{args.h5}: no such file")
+    include_top = None if args.variant is None else args.variant == "top"
+    kwargs = model_arguments(args, spec, args.h5, include_top=include_top)
+    top = kwargs.pop("include_top", None)
+    variant = args.variant or (None if top is None else "top" if top else "notop")
+    info = convert_to_checkpoint(spec, args.h5, args.out, variant, format=args.format, **kwargs)
     print(
         f"converted {spec.name} ({info['variant']}): {info['params']:,} params from {info['source']['file']} "
         f"(md5 {info['source']['md5']}) -> {info['path']}"
@@ -171,56 +224,119 @@ def parse_input_shape(text: str | None) -> tuple[int | None, ...] | None:
 def cmd_summary(args) -> None:
     from flaxzoo.surgery import freeze, summary
 
-    kwargs = dict(include_top=not args.notop, pooling=args.pooling)
-    if args.input_shape:
-        kwargs["input_shape"] = parse_input_shape(args.input_shape)
-    model, _ = create_model(args.model, abstract=True, weights=None, **kwargs)
+    spec = get_spec(args.model)
+    weights = weights_argument(args.weights) if args.weights else None
+    include_top = False if args.notop else (None if weights not in (None, "imagenet") else True)
+    kwargs = model_arguments(args, spec, weights, include_top=include_top, input_shape=parse_input_shape(args.input_shape))
+    model, _ = create_model(spec.name, abstract=True, weights=None, pooling=args.pooling, **kwargs)
     if args.freeze_until is not None:
         model = freeze(model, parse_frozen(args.freeze_until))
     summary(model)
-
-
-def parse_model_args(spec: ModelSpec, pairs: Sequence[str]) -> dict:
-    """``--arg key=value`` pairs → constructor keyword arguments; values as Python literals (``alpha=0.75``,
-    ``minimalistic=True``), else strings. Each key must be an argument of the model's constructor."""
-    import ast
-    import inspect
-
-    accepted = list(inspect.signature(spec.constructor).parameters)
-    kwargs = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"--arg {pair!r}: expected key=value, such as alpha=0.75")
-        if key not in accepted:
-            raise ValueError(f"--arg {key}: {spec.keras_name} takes no argument {key!r}; it takes {', '.join(accepted)}")
-        try:
-            kwargs[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[key] = text
-    return kwargs
 
 
 def cmd_export(args) -> None:
     from flaxzoo.export import export, export_format
 
     spec = get_spec(args.model)
-    kwargs = dict(include_top=not args.notop, pooling=args.pooling, **parse_model_args(spec, args.arg))
+    shape = parse_input_shape(args.input_shape)
+    if shape is not None and len(shape) == 2:
+        shape = (*shape, 3)
+    weights = weights_argument(args.weights)
+    kwargs = model_arguments(args, spec, weights, include_top=not args.notop, input_shape=shape)
     if args.classes is not None:
         kwargs["classes"] = args.classes
-    if args.input_shape:
-        shape = parse_input_shape(args.input_shape)
-        kwargs["input_shape"] = shape if len(shape) == 3 else (*shape, 3)
-    weights = None if args.weights.lower() == "none" else check_weights(args.weights)
     fmt = export_format(args.out, args.format)  # before the model is built
     if os.path.exists(args.out):
         raise ValueError(f"{args.out}: already exists; not overwriting (remove it or choose another --out)")
-    model, variables = spec.constructor(weights=weights, **kwargs)
+    model, variables = spec.constructor(weights=weights, pooling=args.pooling, **kwargs)
     batch = None if args.dynamic_batch else args.batch
     path = export(model, variables, args.out, format=fmt, batch=batch, fold_bn=args.fold_bn)
     _, h, w, c = model.traced_shape
     print(f"exported {spec.name} as {fmt}: input ({'B' if batch is None else batch}, {h}, {w}, {c}) float32 -> {path}")
+
+
+def cmd_evaluate(args) -> None:
+    import json
+
+    import jax.numpy as jnp
+
+    from flaxzoo import evaluate as evaluation
+
+    spec = get_spec(args.model)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.json and os.path.isdir(args.json):
+        raise ValueError(f"--json {args.json}: a directory")
+    data = evaluation.scan_eval_folder(args.data, args.labels, class_index=args.class_index, limit=args.limit)
+    weights = weights_argument(args.weights)
+    crop = (args.crop, args.crop, 3) if args.crop else None
+    kwargs = model_arguments(args, spec, weights, include_top=True, input_shape=crop)
+    model, variables = spec.constructor(weights=weights, **kwargs)
+    size = model.traced_shape[1]
+    interpolation = args.interpolation or ("nearest" if args.keras_resize else "bilinear")
+    pre = evaluation.Preprocessing(
+        crop=size, resize=args.resize, interpolation=interpolation, keras_resize=args.keras_resize,
+        mode=spec.preprocess_mode,
+    )  # fmt: skip
+    dtype = jnp.bfloat16 if args.bf16 else jnp.float32
+    note(f"{spec.keras_name} on {args.data}: {len(data)} images ({data.layout}); {pre}")
+    result = evaluation.evaluate(
+        model, variables, data, pre, batch_size=args.batch_size, dtype=dtype, precision=args.precision,
+        workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
+    default = not {k for k in kwargs if k not in ("include_top", "classes", "input_shape")} and size == spec.default_size
+    record = {
+        "model": spec.name,
+        "keras_name": spec.keras_name,
+        "weights": args.weights,
+        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+        "data": str(args.data),
+        "layout": data.layout,
+        "labels": args.labels,
+        "limit": args.limit,
+        "preprocessing": pre.describe(),
+        "dtype": "bfloat16" if args.bf16 else "float32",
+        "precision": args.precision,
+        **result,
+        "published": {
+            "top1": spec.top1,
+            "top5": spec.top5,
+            "source": f"keras.io, {spec.keras_name} at {spec.default_size} px"
+            + ("" if default else " (another configuration than this one)"),
+        },
+    }
+    print(format_evaluation(record))
+    if args.json:
+        from flaxzoo.weights.files import atomic_file
+
+        with atomic_file(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+
+
+def format_evaluation(r: dict) -> str:
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.2f}%"
+
+    def row(name, key):
+        lo, hi = r[f"{key}_ci95"]
+        published = r["published"][key]
+        return (f"  {name}  {pct(r[key]):>7}  (95% CI {pct(lo)} to {pct(hi)}; {r[f'correct_{key}']} of {r['images']})"
+                f"   published {pct(published)}")  # fmt: skip
+
+    pre = r["preprocessing"]
+    lines = [
+        f"{r['keras_name']} ({r['model']}), weights {r['weights']}: {r['images']} images evaluated, "
+        f"{r['skipped']} skipped (unreadable)",
+        f"  preprocessing: resize {pre['resize']}, crop {pre['crop']}, input {pre['input_size']}, "
+        f"{pre['interpolation']}, preprocess_input mode {pre['mode']}; {r['dtype']}",
+        row("top-1", "top1"),
+        row(f"top-{r['top5_k']}", "top5"),
+        f"  {r['images_per_second']:.1f} images/s after compilation ({r['seconds']:.1f} s in all; "
+        f"{r['devices']} device(s), global batch {r['global_batch_size']})",
+        f"  published figures: {r['published']['source']}",
+    ]
+    lines += [f"  skipped {s['path']}: {s['reason']}" for s in r["skipped_files"]]
+    return "\n".join(lines)
 
 
 def cmd_finetune(args) -> None:
@@ -230,9 +346,15 @@ def cmd_finetune(args) -> None:
         initialize()  # before anything touches a device
     from flaxzoo.train.finetune import FinetuneConfig, finetune
 
+    spec = get_spec(args.model)
+    weights = weights_argument(args.weights)
+    size = (args.image_size, args.image_size, 3) if args.image_size else None
+    kwargs = model_arguments(args, spec, weights, input_shape=size)
+    image_size = (kwargs.pop("input_shape", None) or (None,))[0]
+    model_args = {k: v for k, v in kwargs.items() if k not in ("include_top", "classes")}
     cfg = FinetuneConfig(
-        model=args.model, data=args.data, weights=None if args.weights.lower() == "none" else args.weights,
-        val_data=args.val_data, image_size=args.image_size, classes=args.classes,
+        model=args.model, data=args.data, weights=weights, model_args=model_args,
+        val_data=args.val_data, image_size=image_size, classes=args.classes,
         freeze_until=parse_frozen(args.freeze_until), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         layer_decay=args.layer_decay, optimizer=args.optimizer, bf16=args.bf16, label_smoothing=args.label_smoothing,
         accum_steps=args.accum_steps, augment=not args.no_augment, seed=args.seed,
@@ -246,6 +368,18 @@ def cmd_finetune(args) -> None:
         f"done: {len(result['epochs'])} epochs; {summary_line}"
         + (f"; exported to {result['export']}" if "export" in result else "")
     )
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, input_size: bool = True) -> None:
+    g = p.add_argument_group(
+        "model arguments", "the Keras constructor's; where the weight file determines one, it is inferred and printed"
+    )
+    g.add_argument("--alpha", type=float, help="width multiplier (MobileNet, MobileNetV2, MobileNetV3)")
+    g.add_argument("--depth-multiplier", type=int, metavar="N", help="MobileNet's depthwise channel multiplier")
+    if input_size:
+        g.add_argument("--input-size", type=int, metavar="N", help="square input of N x N pixels: input_shape=(N, N, 3)")
+    g.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other constructor argument, e.g. --arg minimalistic=True --arg include_preprocessing=False")  # fmt: skip
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -268,6 +402,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--precision", choices=PRECISIONS, default="highest",
                    help="jax matmul/convolution precision (default: highest, full float32)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="convert a Keras legacy .h5 weights file into a flaxzoo checkpoint")
@@ -278,6 +414,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=VARIANTS, help="with or without the classifier (default: from the file)")
     p.add_argument("--format", choices=CONVERT_FORMATS, default="checkpoint",
                    help="a flaxzoo (orbax) checkpoint directory (default) or one .safetensors file")  # fmt: skip
+    add_model_arguments(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("list", help="the registered models")
@@ -296,6 +433,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", metavar="H,W,C", help="Keras' input_shape, e.g. 299,299,3 (None: any size)")
     p.add_argument("--freeze-until", metavar="LAYER|N",
                    help="count the first N layers, or those up to and including LAYER, as non-trainable")  # fmt: skip
+    p.add_argument("--weights", metavar="FILE",
+                   help="a Keras .h5, checkpoint or .safetensors file: the model it holds (alpha, size, top: inferred)")  # fmt: skip
+    add_model_arguments(p)
     p.set_defaults(func=cmd_summary)
 
     from flaxzoo.export import FORMATS as EXPORT_FORMATS
@@ -313,8 +453,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--notop", action="store_true", help="without the classifier (include_top=False)")
     p.add_argument("--pooling", choices=("avg", "max"), help="global pooling of a --notop model")
     p.add_argument("--classes", type=int, help="classifier classes (with --weights none or a matching file)")
-    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other constructor argument, e.g. --arg alpha=0.75 --arg minimalistic=True")  # fmt: skip
+    add_model_arguments(p)
     p.add_argument("--fold-bn", action="store_true", help="fold batch norms into the convolutions (smaller graph)")
     p.set_defaults(func=cmd_export)
 
@@ -327,7 +466,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, metavar="DIR", help="training images, one sub-folder per class")
     p.add_argument("--val-data", metavar="DIR", help="validation images, the same class sub-folders")
-    p.add_argument("--image-size", type=int, help="square input size (default: the model's)")
+    p.add_argument("--image-size", "--input-size", type=int, metavar="N",
+                   help="square input size (default: the weight file's, else the model's)")  # fmt: skip
     p.add_argument("--classes", type=int, help="number of classes (default: the number of class folders)")
     p.add_argument(
         "--freeze-until", metavar="LAYER|N", help="freeze the first N layers, or those up to and including LAYER"
@@ -353,7 +493,35 @@ def make_parser() -> argparse.ArgumentParser:
                         "FLAXZOO_NUM_PROCESSES, FLAXZOO_PROCESS_ID)")  # fmt: skip
     p.add_argument("--workers", type=int, default=8, help="image decoding threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(p, input_size=False)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="top-1 / top-5 accuracy on an ImageNet-style validation folder")
+    p.add_argument("--model", required=True, help="registry or Keras name")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (default), 'none', a Keras .h5, a checkpoint or a .safetensors file")  # fmt: skip
+    p.add_argument("--data", required=True, metavar="VAL_DIR",
+                   help="one sub-folder of images per synset (n01440764/...), or images and --labels")  # fmt: skip
+    p.add_argument("--labels", metavar="FILE",
+                   help="a flat folder's labels: a Keras class index (0-based) or synset id per line, in file-name "
+                        "order, or FILE LABEL lines")  # fmt: skip
+    p.add_argument("--class-index", metavar="PATH", help="a Keras-format imagenet_class_index.json (default: Keras')")
+    resize = p.add_mutually_exclusive_group()
+    resize.add_argument("--resize", type=int, metavar="N",
+                        help="resize the shorter side to N, then a centre crop (default: crop / 0.875: 256 for 224)")  # fmt: skip
+    resize.add_argument("--keras-resize", action="store_true",
+                        help="as Keras' examples: load_img(target_size=input size), nearest, no crop")  # fmt: skip
+    p.add_argument("--crop", type=int, metavar="N", help="the centre crop, the model's input size (default: the model's)")
+    p.add_argument("--interpolation", help="PIL filter (default: bilinear; nearest with --keras-resize)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, over every device (default 64)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
+    p.add_argument("--precision", choices=PRECISIONS, default="highest", help="float32 matmul precision (default: highest)")
+    p.add_argument("--limit", type=int, metavar="N", help="the first N images (by file name)")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--workers", type=int, default=8, help="image decoding threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -362,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints them and exits 2
     try:
+        from flaxzoo.xla_options import enable_compilation_cache
+
+        enable_compilation_cache()
         args.func(args)
     except (ValueError, OSError) as e:
         message = " ".join(str(e).split()) or type(e).__name__

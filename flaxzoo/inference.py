@@ -21,7 +21,7 @@ from flax import traverse_util
 
 from flaxzoo.layers import BatchNormalization, Conv2D, DepthwiseConv2D, SeparableConv2D, shapes_only
 from flaxzoo.surgery import model_graph
-from flaxzoo.xla_options import jit
+from flaxzoo.xla_options import enable_compilation_cache, jit
 
 _CONVS = (Conv2D, DepthwiseConv2D, SeparableConv2D)
 
@@ -104,7 +104,9 @@ def predict_fn(
     """A jitted ``f(variables, x) -> float32 outputs`` (a backbone's: a list) computing in ``dtype`` (``jnp.bfloat16``: bfloat16
     activations and kernels, float32 batch-norm arithmetic), optionally on folded batch norms; returns
     ``(f, variables)`` (the variables f expects: folded ones with ``fold_bn``). Compiled with
-    :func:`flaxzoo.xla_options.compiler_options`."""
+    :func:`flaxzoo.xla_options.compiler_options`, through the persistent compilation cache
+    (:func:`flaxzoo.xla_options.enable_compilation_cache`)."""
+    enable_compilation_cache()
     if fold_bn:
         model, variables = fold_batchnorm(model, variables)
 

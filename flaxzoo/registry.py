@@ -32,15 +32,20 @@ class WeightFile:
     path: str
     md5: str | None  # None: Keras publishes no md5
     sha256: str | None = None
+    # The constructor arguments the file was trained with, beyond the defaults and include_top (which the
+    # variant's name gives): MobileNet's {"alpha": 0.25, "input_shape": (128, 128, 3)}. The CLI infers them
+    # from a file of this name.
+    args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"{base_url()}/{self.path}"
 
 
-def keras_weights_file(fname: str, subdir: str, md5: str | None) -> WeightFile:
-    """A file of Keras' bucket: ``tensorflow/keras-applications/{subdir}/{fname}``."""
-    return WeightFile(fname, f"{KERAS_WEIGHTS_PATH}/{subdir}/{fname}", md5)
+def keras_weights_file(fname: str, subdir: str, md5: str | None, **args: Any) -> WeightFile:
+    """A file of Keras' bucket: ``tensorflow/keras-applications/{subdir}/{fname}``, trained with constructor
+    arguments ``args``."""
+    return WeightFile(fname, f"{KERAS_WEIGHTS_PATH}/{subdir}/{fname}", md5, args=args)
 
 
 def tf_kernels_files(name: str, subdir: str, md5_top: str, md5_notop: str) -> dict[str, WeightFile]:

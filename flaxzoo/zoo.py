@@ -104,19 +104,22 @@ def check_weights(weights: str) -> str:
     return weights
 
 
-def build_model(spec: ModelSpec, weights: str = "imagenet", variant: str = "top"):
-    """``(module, variables)`` of ``spec`` at its default size, with or without the classifier."""
-    return spec.constructor(include_top=variant == "top", weights=check_weights(weights))
+def build_model(spec: ModelSpec, weights: str = "imagenet", variant: str = "top", **kwargs):
+    """``(module, variables)`` of ``spec`` (constructor ``kwargs``; default size), with or without the classifier."""
+    return spec.constructor(include_top=variant == "top", weights=check_weights(weights), **kwargs)
 
 
-def variant_graph(spec: ModelSpec, variant: str) -> graph_lib.Graph:
-    """The Keras layer graph of ``spec`` (``variant`` "top" or "notop"), traced abstractly: no weights."""
+def variant_graph(spec: ModelSpec, variant: str, **kwargs) -> graph_lib.Graph:
+    """The Keras layer graph of ``spec`` (``variant`` "top" or "notop"; constructor ``kwargs``), traced
+    abstractly: no weights."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    return registered_graph(spec.name, include_top=variant == "top")
+    kwargs = {k: v for k, v in kwargs.items() if k != "include_top"}
+    size = (kwargs.pop("input_shape", None) or (None,))[0]
+    return registered_graph(spec.name, include_top=variant == "top", size=size, **kwargs)
 
 
-def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, graph_lib.Graph]:
+def infer_variant(spec: ModelSpec, h5_path, **kwargs) -> tuple[str, graph_lib.Graph]:
     """Which variant a Keras .h5 file holds (top, else notop), by its weighted-layer count; and its graph."""
     from flaxzoo.weights.h5 import LegacyWeightsFile
 
@@ -124,7 +127,7 @@ def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, graph_lib.Graph]:
         n_file = len(f.weighted_layers())
     counts = {}
     for variant in VARIANTS:
-        graph = variant_graph(spec, variant)
+        graph = variant_graph(spec, variant, **kwargs)
         counts[variant] = len(graph.weighted_layers)
         if counts[variant] == n_file:
             return variant, graph
@@ -134,17 +137,35 @@ def infer_variant(spec: ModelSpec, h5_path) -> tuple[str, graph_lib.Graph]:
     )
 
 
+def jsonable_arguments(kwargs: dict) -> dict:
+    """Constructor arguments as a checkpoint's metadata records them (tuples as lists; what JSON cannot hold
+    left out)."""
+    import json
+
+    out = {}
+    for key, value in kwargs.items():
+        value = list(value) if isinstance(value, tuple) else value
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[key] = value
+    return out
+
+
 CONVERT_FORMATS = ("checkpoint", "safetensors")
 
 
 def convert_to_checkpoint(
-    spec: ModelSpec, h5_path, out_dir, variant: str | None = None, *, format: str = "checkpoint"
+    spec: ModelSpec, h5_path, out_dir, variant: str | None = None, *, format: str = "checkpoint", **kwargs
 ) -> dict:
-    """Convert a Keras legacy .h5 of ``spec`` into a flaxzoo checkpoint at ``out_dir`` (which must not exist),
-    or with ``format="safetensors"`` into one ``.safetensors`` file at ``out_dir``.
+    """Convert a Keras legacy .h5 of ``spec`` (built with constructor ``kwargs``: ``alpha=0.25``, ...) into a
+    flaxzoo checkpoint at ``out_dir`` (which must not exist), or with ``format="safetensors"`` into one
+    ``.safetensors`` file at ``out_dir``.
 
     ``variant=None`` infers it from the file. Returns the checkpoint's metadata record plus ``params``
-    (the number of weights) and ``path`` (the absolute output directory or file).
+    (the number of weights) and ``path`` (the absolute output directory or file). The metadata records
+    ``kwargs`` as ``args``, from which the CLI builds the model again.
     """
     if format not in CONVERT_FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(CONVERT_FORMATS)}")
@@ -154,10 +175,13 @@ def convert_to_checkpoint(
     if not Path(h5_path).is_file():
         raise ValueError(f"{h5_path}: no such file")
     if variant is None:
-        variant, graph = infer_variant(spec, h5_path)
+        variant, graph = infer_variant(spec, h5_path, **kwargs)
     else:
-        graph = variant_graph(spec, variant)
+        graph = variant_graph(spec, variant, **kwargs)
     variables, meta = convert_file(spec, graph, h5_path, variant)
+    args = jsonable_arguments({k: v for k, v in kwargs.items() if k != "include_top"})
+    if args:
+        meta = dict(meta, args=args)
     save = safetensors_file.save if format == "safetensors" else checkpoint.save
     path = save(out_dir, variables, meta)
     return dict(meta, params=count_params(variables), path=str(path))
@@ -168,14 +192,15 @@ def convert_to_checkpoint(
 # ------------------------------------------------------------------------------------------------
 
 
-def load_batch(paths: Sequence[str], size: int) -> np.ndarray:
-    """Images as Keras' examples load them: ``load_img(target_size=(size, size))`` (nearest) → float32 NHWC."""
+def load_batch(paths: Sequence[str], size: int | tuple[int, int]) -> np.ndarray:
+    """Images as Keras' examples load them: ``load_img(target_size=size)`` (nearest; an int: square) → float32 NHWC."""
     from flaxzoo.image import img_to_array, load_img
 
     arrays = []
     for path in paths:
         try:
-            arrays.append(img_to_array(load_img(path, target_size=(size, size))))
+            target = (size, size) if isinstance(size, int) else tuple(size)
+            arrays.append(img_to_array(load_img(path, target_size=target)))
         except OSError as e:  # missing file, or not an image PIL can read
             raise ValueError(f"{path}: cannot read image ({e.strerror or e})") from None
     return np.stack(arrays)
@@ -187,27 +212,43 @@ def preprocess(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
 
 
 def classify(
-    spec: ModelSpec, model, variables, paths: Sequence[str], *, batch_size: int = 32, precision: str = "highest"
+    spec: ModelSpec,
+    model,
+    variables,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    precision: str = "highest",
+    size: tuple[int, int] | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
-    """Class probabilities ``(len(paths), classes)``: one jitted forward pass per batch of images.
+    """Class probabilities ``(len(paths), classes)``: one jitted forward pass per batch of images, each image
+    resized to ``size`` (default: the model's input size) as Keras' ``load_img(target_size=...)`` does.
 
-    Batches are padded to one shape, so the model is compiled once.
+    Batches are padded to one shape, so the model is compiled once; images are read a batch at a time, with
+    a progress bar on stderr (``progress``) when there is more than one batch.
     """
     import jax
 
-    from flaxzoo.xla_options import jit
+    from flaxzoo.progress import ProgressBar
+    from flaxzoo.xla_options import enable_compilation_cache, jit
 
+    enable_compilation_cache()
+    size = size or tuple(model.traced_shape[1:3])
     forward = jit(model.apply)
     n = min(batch_size, len(paths))
+    bar = ProgressBar("classifying", len(paths), enabled=progress and len(paths) > n)
     out = []
     for start in range(0, len(paths), n):
         chunk = paths[start : start + n]
-        x = preprocess(spec, load_batch(chunk, spec.default_size))
+        x = preprocess(spec, load_batch(chunk, size))
         if len(chunk) < n:
             x = np.concatenate([x, np.zeros((n - len(chunk), *x.shape[1:]), x.dtype)])
         with jax.default_matmul_precision(precision):
             probs = forward(variables, x)
         out.append(np.asarray(probs)[: len(chunk)])
+        bar.update(len(chunk))
+    bar.close()
     return np.concatenate(out)
 
 

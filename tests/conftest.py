@@ -3,6 +3,9 @@ import types
 
 # Keras is the reference in tests and must use the JAX backend; nothing may touch the network or ~.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# The CLI and predict_fn turn on JAX's persistent compilation cache; here it would write every executable of the
+# suite to disk (test_cli checks the cache in subprocesses that turn it on).
+os.environ["FLAXZOO_COMPILATION_CACHE"] = "0"
 # The suite compiles hundreds of model graphs (flaxzoo's and Keras', both through XLA). LLVM's -O0 halves
 # the compile time; both sides are compiled alike, and their outputs stay equal (measured: 0.0 apart).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()

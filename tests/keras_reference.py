@@ -153,6 +153,20 @@ def calibrate_classifier(model: keras.Model, x: np.ndarray, logit_std: float = 1
     return model
 
 
+def normalize_batch_stats(model: keras.Model, x: np.ndarray) -> keras.Model:
+    """Every batch norm's moving statistics set to those of its input on ``x`` (one training-mode pass with momentum
+    0): a deep random network (MobileNet) otherwise gives the same features for every image (they varied by 1e-8
+    of their mean), so its classes say nothing of the input."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+    return model
+
+
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """:func:`run` for a model :func:`calibrate_classifier` has seen: reuses that compilation."""
     return np.asarray(_jitted((_with_features(model),), False)(*_state(_with_features(model)), x)[0][0][0])

@@ -140,7 +140,9 @@ def _weight_files() -> dict:
         for rows in WEIGHT_ROWS:
             for include_top, suffix in ((True, ""), (False, "_no_top")):
                 fname = f"mobilenet_{alpha_text(alpha)}_{rows}_tf{suffix}.h5"
-                files[weight_variant(alpha, rows, include_top)] = keras_weights_file(fname, "mobilenet", None)
+                files[weight_variant(alpha, rows, include_top)] = keras_weights_file(
+                    fname, "mobilenet", None, alpha=alpha, input_shape=(rows, rows, 3)
+                )
     return dict(sorted(files.items(), key=lambda item: item[0] not in ("top", "notop")))  # those first
 
 

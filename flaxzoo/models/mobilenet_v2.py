@@ -155,7 +155,7 @@ def _weight_files() -> dict:
     # any cached copy is trusted, as by Keras; the checkpoint metadata records the md5 of the file converted.
     files = {
         weight_variant(alpha, rows, include_top): keras_weights_file(
-            weight_fname(alpha, rows, include_top), "mobilenet_v2", None
+            weight_fname(alpha, rows, include_top), "mobilenet_v2", None, alpha=alpha, input_shape=(rows, rows, 3)
         )
         for alpha in ALPHAS
         for rows in PUBLISHED_ROWS[alpha]

@@ -303,7 +303,8 @@ def _weight_files(model_type: str, md5s: dict) -> dict:
     WEIGHTS_HASHES."""
     return {
         weight_variant(alpha, minimalistic, include_top): keras_weights_file(
-            weight_fname(model_type, alpha, minimalistic, include_top), "mobilenet_v3", md5s[alpha, minimalistic][k]
+            weight_fname(model_type, alpha, minimalistic, include_top), "mobilenet_v3", md5s[alpha, minimalistic][k],
+            alpha=alpha, minimalistic=minimalistic,
         )
         for alpha, minimalistic in PUBLISHED
         for k, include_top in enumerate((True, False))

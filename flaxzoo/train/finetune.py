@@ -40,7 +40,7 @@ from flaxzoo.train.faults import Interrupted, StopSignals, all_finite
 from flaxzoo.train.report import Progress, plot_metrics, write_metrics
 from flaxzoo.train.state import create_train_state, make_optimizer
 from flaxzoo.train.steps import StepConfig, make_steps
-from flaxzoo.zoo import get_spec, infer_variant
+from flaxzoo.zoo import get_spec, jsonable_arguments
 
 
 @dataclasses.dataclass
@@ -48,6 +48,7 @@ class FinetuneConfig:
     model: str
     data: str
     weights: str | None = "imagenet"  # "imagenet", None / "none", a Keras .h5 or a flaxzoo checkpoint
+    model_args: dict = dataclasses.field(default_factory=dict)  # other constructor arguments: {"alpha": 0.5}
     val_data: str | None = None
     image_size: int | None = None  # default: the model's default size
     classes: int | None = None  # default: the number of class folders
@@ -77,35 +78,32 @@ def _host(tree):
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
-def _pretrained(spec: ModelSpec, weights: str, image_size: int) -> dict:
-    """Variables from "imagenet" (the no-top file), a Keras .h5 (top or no-top) or a flaxzoo checkpoint."""
-    from flaxzoo.weights import checkpoint
+def _pretrained(spec: ModelSpec, weights: str, image_size: int, model_args: dict) -> dict:
+    """Variables from "imagenet" (the no-top file), a Keras .h5, a flaxzoo checkpoint or .safetensors file (with
+    or without the top: read off the file, as its classes and widths)."""
+    from flaxzoo.arguments import resolve
 
     shape = (image_size, image_size, 3)
     if weights == "imagenet":
-        return spec.constructor(include_top=False, weights="imagenet", input_shape=shape)[1]
-    path = Path(weights)
-    if checkpoint.is_checkpoint(path):
-        meta = checkpoint.read_metadata(path)
-        include_top = meta.get("variant") != "notop"
-        kwargs = dict(classes=meta.get("classes", 1000)) if include_top else {}
-        return spec.constructor(include_top=include_top, weights=str(path), input_shape=shape, **kwargs)[1]
-    if path.is_file():
-        variant, _ = infer_variant(spec, path)
-        return spec.constructor(include_top=variant == "top", weights=str(path), input_shape=shape)[1]
-    raise ValueError(f"{weights}: no such weights file or checkpoint directory (or use 'imagenet' or 'none')")
+        return spec.constructor(include_top=False, weights="imagenet", input_shape=shape, **model_args)[1]
+    if not Path(weights).exists():
+        raise ValueError(f"{weights}: no such weights file or checkpoint directory (or use 'imagenet' or 'none')")
+    kwargs = resolve(spec, weights, {**model_args, "input_shape": shape}).kwargs
+    return spec.constructor(weights=str(weights), **kwargs)[1]
 
 
-def build_model(spec: ModelSpec, classes: int, image_size: int, weights: str | None, seed: int = 0):
-    """(model returning logits, variables, transfer report): Keras' classifier for ``classes``, the body pretrained."""
+def build_model(spec: ModelSpec, classes: int, image_size: int, weights: str | None, seed: int = 0, model_args=None):
+    """(model returning logits, variables, transfer report): Keras' classifier for ``classes``, the body pretrained;
+    ``model_args``: other constructor arguments (``{"alpha": 0.5}``)."""
+    model_args = model_args or {}
     model, variables = spec.constructor(
         include_top=True, weights=None, classes=classes, classifier_activation=None,
-        input_shape=(image_size, image_size, 3), seed=seed,
+        input_shape=(image_size, image_size, 3), seed=seed, **model_args,
     )  # fmt: skip
     variables = jax.device_get(variables)
     if weights is None or str(weights).lower() == "none":
         return model, variables, None
-    variables, report = load_pretrained(variables, _pretrained(spec, weights, image_size), strict_shapes=False)
+    variables, report = load_pretrained(variables, _pretrained(spec, weights, image_size, model_args), strict_shapes=False)
     return model, variables, report
 
 
@@ -175,7 +173,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     if classes < len(train_set.class_names):
         raise ValueError(f"--classes {classes} is fewer than the {len(train_set.class_names)} class folders")
 
-    model, variables, transfer = build_model(spec, classes, size, cfg.weights, cfg.seed)
+    model, variables, transfer = build_model(spec, classes, size, cfg.weights, cfg.seed, cfg.model_args)
     if isinstance(transfer, TransferReport):
         say(f"weights {cfg.weights}: {len(transfer.loaded)} arrays loaded; new: {', '.join(transfer.not_in_pretrained) or 'none'}")
     if cfg.freeze_until is not None:
@@ -267,7 +265,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     result: dict[str, Any] = {"epochs": history, "class_names": list(train_set.class_names)}
     export = cfg.export or (str(Path(cfg.checkpoint_dir) / "export") if cfg.checkpoint_dir else None)
     if export:
-        result["export"] = export_model(export, spec, state, classes, size, train_set.class_names) if main_process else export
+        result["export"] = export_model(export, spec, state, classes, size, train_set.class_names, cfg.model_args) if main_process else export
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -275,7 +273,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     return result
 
 
-def export_model(directory, spec: ModelSpec, state, classes: int, image_size: int, class_names) -> str:
+def export_model(directory, spec: ModelSpec, state, classes: int, image_size: int, class_names, model_args=None) -> str:
     """The fine-tuned variables as a flaxzoo checkpoint: ``Constructor(weights=directory, classes=classes)``
     (plus ``input_shape`` where the classifier depends on the size, as VGG's) loads it. Replaces ``directory``."""
     import shutil
@@ -285,6 +283,8 @@ def export_model(directory, spec: ModelSpec, state, classes: int, image_size: in
     directory = Path(directory)
     variables = _host(state.variables)
     extra = dict(classes=classes, image_size=image_size, class_names=list(class_names))
+    if model_args:
+        extra["args"] = jsonable_arguments(model_args)  # the CLI builds the model again from them
     staging = directory.with_name(f".{directory.name}.new")
     shutil.rmtree(staging, ignore_errors=True)
     save_checkpoint(staging, spec.name, variables, variant="top", **extra)

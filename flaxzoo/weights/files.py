@@ -38,7 +38,6 @@ import http.client
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 import urllib.error
@@ -49,6 +48,7 @@ from time import time as wall_clock  # not time.time: tests replace this module'
 from typing import BinaryIO
 
 from flaxzoo.errors import DownloadError
+from flaxzoo.progress import ProgressBar, megabytes
 
 DEFAULT_TIMEOUT = 60.0
 STALE_PART_AGE = 24 * 3600  # seconds; a live download writes its temp file at least once per timeout
@@ -311,7 +311,7 @@ def _fetch(opener, url: str, part: _Partial, dest: Path, *, timeout: float, prog
         if part.validator:
             request.add_header("If-Range", part.validator)
     total = [0]  # known length of the whole file, for messages
-    shown = -1
+    bar = None
     try:
         with _network(url, part, timeout, total):
             response = opener.open(request, timeout=timeout)
@@ -330,6 +330,8 @@ def _fetch(opener, url: str, part: _Partial, dest: Path, *, timeout: float, prog
                 part.validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
                 total[0] = _number(headers.get("Content-Length"))
             part.pieces += 1
+            bar = ProgressBar(f"Downloading {dest.name}", total[0], unit="B", amount=megabytes, enabled=progress,
+                              initial=part.size)  # fmt: skip
             while True:
                 with _network(url, part, timeout, total):
                     # read1: whatever has arrived, so a stall loses nothing received (it is resumed from)
@@ -340,14 +342,9 @@ def _fetch(opener, url: str, part: _Partial, dest: Path, *, timeout: float, prog
                     part.out.write(chunk)
                 except OSError as e:  # not retried; named after the file, not the temp file
                     raise OSError(e.errno, f"{e.strerror} (writing {url})", str(dest)) from e
-                if progress and total[0]:
-                    pct = 100 * part.size // total[0]
-                    if pct != shown:
-                        shown = pct
-                        line = f"\rDownloading {dest.name}: {pct:3d}% of {total[0] / 1e6:.1f} MB"
-                        print(line, end="", file=sys.stderr)
+                bar.update(len(chunk))
     finally:
-        if shown >= 0:
-            print(file=sys.stderr)
+        if bar is not None:
+            bar.close()
     if total[0] and part.size != total[0]:
         raise _Transient(f"{url}: connection closed after {part.size} of {total[0]} bytes")

@@ -26,7 +26,7 @@ from flaxzoo.weights.files import atomic_file
 
 FORMAT = "flaxzoo-safetensors"
 SUFFIX = ".safetensors"
-_JSON_FIELDS = ("source", "variables", "crc32", "format_version")
+_JSON_FIELDS = ("source", "variables", "crc32", "format_version", "args")
 
 
 def _library():
