@@ -226,27 +226,47 @@ def evaluate_json(argv, tmp_path) -> dict:
     return result
 
 
-def test_evaluate_synset_folders_equals_keras_predict_and_decode(reference, tmp_path):
+def synset_folder(reference, root: Path) -> tuple[Path, int, int, int]:
+    """The images in two synset folders (and one broken file); Keras' top-1 and top-5 hits on them, and the count."""
     probs = kr.predict(reference.model, reference.x)
     labels = labels_for(probs)
     top1, top5 = keras_hits(probs, labels)
     assert 0 < top1 < top5 < len(labels), "the assignment must have hits and misses"
-    val = tmp_path / "val"
+    val = root / "val"
     for path, label in zip(reference.images, labels):
         (val / SYNSETS[label]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, val / SYNSETS[label] / path.name)
     (val / SYNSETS[labels[0]] / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return val, top1, top5, len(labels)
 
+
+def test_evaluate_synset_folders_equals_keras_predict_and_decode(reference, tmp_path):
+    val, top1, top5, n = synset_folder(reference, tmp_path)
     r = evaluate_json(["--weights", reference.h5, "--data", val, "--batch-size", "3"], tmp_path)
-    assert (r["correct_top1"], r["correct_top5"], r["images"], r["skipped"]) == (top1, top5, len(labels), 1)
-    assert r["top1"] == top1 / len(labels) and r["top5"] == top5 / len(labels)
-    assert r["top1_ci95"] == list(evaluation.wilson_interval(top1, len(labels)))
+    assert (r["correct_top1"], r["correct_top5"], r["images"], r["skipped"]) == (top1, top5, n, 1)
+    assert r["top1"] == top1 / n and r["top5"] == top5 / n
+    assert r["top1_ci95"] == list(evaluation.wilson_interval(top1, n))
     assert r["skipped_files"][0]["path"].endswith("broken.jpg")
     assert r["layout"] == "synsets" and r["model_args"]["alpha"] == ALPHA
     assert r["preprocessing"] == {"resize": "shorter side to 146", "crop": SIZE, "input_size": SIZE,
                                   "interpolation": "bilinear", "mode": "tf"}  # fmt: skip
     assert r["published"]["top1"] == SPEC.top1 and r["published"]["top5"] == SPEC.top5
     assert r["images_per_second"] > 0 and r["dtype"] == "float32" and r["devices"] >= 1
+
+
+def test_evaluate_on_8_devices_counts_the_same(reference, tmp_path):
+    """The global batch (3, rounded up to 8) split over 8 simulated CPU devices, padding and the broken file
+    weighted out."""
+    val, top1, top5, n = synset_folder(reference, tmp_path)
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8")
+    out_json = tmp_path / "r.json"
+    argv = [console_script(), "evaluate", "--model", "mobilenet", "--weights", str(reference.h5), "--data", str(val),
+            "--batch-size", "3", "--json", str(out_json), "--quiet"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out_json.read_text())
+    assert (r["devices"], r["global_batch_size"]) == (8, 8)
+    assert (r["correct_top1"], r["correct_top5"], r["images"], r["skipped"]) == (top1, top5, n, 1)
 
 
 def test_evaluate_flat_folder_with_labels_and_keras_resize_equals_keras(reference, tmp_path):
