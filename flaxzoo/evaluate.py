@@ -197,6 +197,8 @@ def scan_eval_folder(
         if labels is None:
             raise ValueError(f"{root}: no synset sub-folders; a flat folder needs --labels")
         files = _images(root)
+        if folders and not files:
+            raise ValueError(f"{root}: --labels is for a flat folder of images; this one has sub-folders")
         items = list(zip(files, read_labels(labels, files, by_wnid)))
         layout = "flat"
     items.sort(key=lambda item: (item[0].name, str(item[0])))

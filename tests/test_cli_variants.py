@@ -324,6 +324,9 @@ def test_evaluate_refuses_folders_that_are_not_synsets(tmp_path):
         evaluation.scan_eval_folder(tmp_path)
     with pytest.raises(ValueError, match="no synset sub-folders; a flat folder needs --labels"):
         evaluation.scan_eval_folder(tmp_path / "cats")
+    (tmp_path / "labels.txt").write_text("0\n")
+    with pytest.raises(ValueError, match="--labels is for a flat folder of images; this one has sub-folders"):
+        evaluation.scan_eval_folder(tmp_path, tmp_path / "labels.txt")
 
 
 # ------------------------------------------------------------------------------------------------
