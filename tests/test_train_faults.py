@@ -39,7 +39,7 @@ class Tiny(nn.Module):
         return nn.Dense(self.classes)(x.mean(axis=(1, 2)))
 
 
-def tiny_build_model(spec, classes, image_size, weights, seed=0):
+def tiny_build_model(spec, classes, image_size, weights, seed=0, model_args=None):
     model = Tiny(classes)
     variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
     return model, jax.device_get(dict(variables)), None

@@ -173,7 +173,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     if classes < len(train_set.class_names):
         raise ValueError(f"--classes {classes} is fewer than the {len(train_set.class_names)} class folders")
 
-    model, variables, transfer = build_model(spec, classes, size, cfg.weights, cfg.seed, cfg.model_args)
+    model, variables, transfer = build_model(spec, classes, size, cfg.weights, cfg.seed, model_args=cfg.model_args)
     if isinstance(transfer, TransferReport):
         say(f"weights {cfg.weights}: {len(transfer.loaded)} arrays loaded; new: {', '.join(transfer.not_in_pretrained) or 'none'}")
     if cfg.freeze_until is not None:
